@@ -161,7 +161,7 @@ def _frozen(extra: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 _VM_FIELDS = ("owner", "specs", "hostname", "status", "name", "image", "networks",
-              "events", "reason", "created")
+              "events", "reason", "created", "storage")
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,7 @@ class VM:
     events: tuple[Event, ...] = ()
     reason: str = ""  # why the last thing failed (or why it is not placed)
     created: float = 0.0
+    storage: str = ""  # backend holding its disks once created: "file" (local to the host) or "rbd" (shared)
     extra: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
     mod_revision: int = 0
 
@@ -206,6 +207,7 @@ class VM:
             "events": [event.to_dict() for event in self.events],
             "reason": self.reason,
             "created": self.created,
+            "storage": self.storage,
         })
         return data
 
@@ -238,6 +240,7 @@ class VM:
             events=tuple(Event.from_dict(e) for e in events),
             reason=str(data.get("reason", "")),
             created=float(data.get("created", 0.0) or 0.0),
+            storage=str(data.get("storage", "")),
             extra=_frozen({k: v for k, v in data.items() if k not in _VM_FIELDS}),
             mod_revision=mod_revision,
         )
@@ -247,7 +250,7 @@ class VM:
         return cls.from_dict(vm_id, _loads(raw), mod_revision)
 
 
-_HOST_FIELDS = ("cpu", "ram", "hdd", "ssd", "status", "address")
+_HOST_FIELDS = ("cpu", "ram", "hdd", "ssd", "status", "address", "lease_ttl")
 
 
 @dataclass(frozen=True)
@@ -258,6 +261,7 @@ class Host:
     capacity: Specs
     status: HostStatus = HostStatus.UP
     address: str = ""  # underlay address other hosts use for VXLAN
+    lease_ttl: int = 10  # seconds: how long after its last renewal the host has fenced itself
     extra: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
     mod_revision: int = 0
 
@@ -270,6 +274,7 @@ class Host:
         data.update(self.capacity.to_dict())
         data["status"] = self.status.value
         data["address"] = self.address
+        data["lease_ttl"] = self.lease_ttl
         return data
 
     def to_json(self) -> bytes:
@@ -285,6 +290,7 @@ class Host:
             capacity=capacity,
             status=HostStatus.parse(data.get("status", HostStatus.UP.value)),
             address=str(data.get("address", "")),
+            lease_ttl=int(data.get("lease_ttl", 10)),
             extra=_frozen({k: v for k, v in data.items() if k not in _HOST_FIELDS}),
             mod_revision=mod_revision,
         )
