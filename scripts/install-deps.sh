@@ -16,6 +16,8 @@ PACKAGES=(
   busybox-static syslinux syslinux-common mtools dosfstools
   # networking
   iproute2
+  # validating docker-compose.yml (no container engine runs here)
+  docker-compose
 )
 
 missing=()
