@@ -63,6 +63,8 @@ class Settings:
     overcommit_ssd: float = 1.0
     scheduler_resync_seconds: float = 30.0
     scheduler_metrics_bind: str = ""
+    scheduler_batch: int = 32  # placements per etcd transaction (1-40)
+    scheduler_candidates: int = 50  # feasible hosts weighed per VM; 0 = all
     # vm daemon (one per compute host)
     host_name: str = ""  # default: the machine's hostname
     host_address: str = "127.0.0.1"  # underlay address other hosts reach this one at

@@ -13,6 +13,7 @@ IMAGE_PREFIX = "/v1/image/"  # /v1/image/<name>: an image the VMs boot from
 IDEMPOTENCY_PREFIX = "/v1/idempotency/"  # /v1/idempotency/<owner hash>/<key>: create retries
 VXLAN_PREFIX = "/v1/vxlan/"  # /v1/vxlan/<vni>: which network holds that VXLAN id
 MAC_PREFIX = "/v1/mac/"  # /v1/mac/<mac>: which VM NIC holds that MAC
+SCHEDULER_PREFIX = "/v1/scheduler/"  # /v1/scheduler/<id>: a live scheduler, on its own lease
 
 
 def vm_key(vm_id: str) -> str:
@@ -37,3 +38,7 @@ def name_from_key(key: str | bytes, prefix: str) -> str:
     if not text.startswith(prefix):
         raise ValueError(f"{text!r} is not under {prefix!r}")
     return text[len(prefix):]
+
+
+def scheduler_key(member_id: str) -> str:
+    return SCHEDULER_PREFIX + member_id
