@@ -54,3 +54,17 @@ def etcd_factory(tmp_path: Path) -> Iterator[Callable[[int], EtcdCluster]]:
     yield make
     for cluster in started:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> Path:
+    """The ucloud guest disk image (``scripts/build-guest-image.sh``; built once, then cached
+    in ``build/guest/``): a raw disk that boots (SeaBIOS -> syslinux -> Debian kernel ->
+    busybox) and prints ``UCLOUD-GUEST-UP`` on its serial console."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "build-guest-image.sh"
+    done = subprocess.run([str(script)], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.fail(f"build-guest-image.sh failed: {done.stderr.strip()}")
+    return Path(done.stdout.strip().splitlines()[-1])
