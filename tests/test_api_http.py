@@ -1,0 +1,128 @@
+"""ucloud-api as it is deployed: the `ucloud-api` console script (gunicorn) over real HTTP.
+
+The server is started as a subprocess on a free loopback port and stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from ucloud_common import accounts
+from ucloud_common.etcd_process import free_port
+from ucloud_common.store import Store
+
+EXE = Path(sys.executable).parent / "ucloud-api"
+
+
+def api_env(endpoints: tuple[str, ...] | list[str], port: int, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "UCLOUD_ETCD_ENDPOINTS": ",".join(endpoints), "UCLOUD_API_BIND": f"127.0.0.1:{port}",
+            "UCLOUD_API_WORKERS": "2", "UCLOUD_ENV_FILE": str(tmp_path / "none.env"), **extra}
+
+
+@pytest.fixture
+def server(etcd, store: Store, tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    log = open(tmp_path / "api.log", "wb")
+    proc = subprocess.Popen([str(EXE)], env=api_env(etcd.endpoints, port, tmp_path),
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "api.log").read_text()
+                assert time.monotonic() < deadline, "ucloud-api did not start listening"
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+            log.close()
+
+
+def call(conn: http.client.HTTPConnection, method: str, path: str, body: Any = None,
+         headers: dict[str, str] | None = None) -> tuple[int, Any, http.client.HTTPResponse]:
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    response = conn.getresponse()
+    payload = response.read()
+    return response.status, json.loads(payload) if payload else None, response
+
+
+def test_seed_calls_over_http(server, store):
+    seed_user = accounts.User("user_realm", "username", accounts.hash_seed("user_seed"))
+    store.create(accounts.user_key("user_realm", "username"), seed_user.to_json())
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=10)  # one keep-alive connection
+
+    status, body, response = call(conn, "POST", "/vm/create", {
+        "name": "username", "realm": "user_realm", "seed": "user_seed",
+        "specs": {"cpu": 16, "ram": 256, "hdd": 2000, "ssd": 256}})
+    assert status == 201 and response.getheader("Server") == "gunicorn"
+    vm_id = body["id"]
+
+    status, body, _ = call(conn, "GET", "/vm/status", {"id": vm_id, "name": "username", "realm": "user_realm",
+                                                       "seed": "user_seed"})
+    assert status == 200 and body["status"] == "REQUESTED_NEW" and body["owner"] == "user_realm/username"
+    headers = {"X-Ucloud-Realm": "user_realm", "X-Ucloud-Name": "username", "X-Ucloud-Seed": "user_seed"}
+    status, same, _ = call(conn, "GET", f"/vm/status?id={vm_id}", headers=headers)
+    assert status == 200 and same == body
+
+    status, body, _ = call(conn, "POST", "/vm/delete", {"name": "username", "realm": "user_realm",
+                                                        "seed": "user_seed", "vmid": vm_id})
+    assert status == 202 and body == {"id": vm_id, "status": "DELETED"}
+    status, body, _ = call(conn, "GET", f"/vm/status?id={vm_id}", headers=headers)
+    assert status == 404 and body["error"]["field"] == "id"
+
+    status, body, _ = call(conn, "GET", "/healthz")
+    assert status == 200 and body["etcd"] == "ok"
+    status, body, _ = call(conn, "GET", "/openapi.json")
+    assert status == 200 and "/vm/create" in body["paths"]
+    conn.close()
+
+
+def test_limits_over_http(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
+    status, body, _ = call(conn, "POST", "/vm/create", b"{" + b" " * 70_000 + b"}")
+    assert status == 413 and body["error"]["field"] == "body"
+    conn.close()
+
+    # a chunked body (no Content-Length) past the limit is refused too
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
+    conn.request("POST", "/vm/create", body=iter([b"{" + b" " * 40_000, b" " * 40_000 + b"}"]),
+                 headers={"Content-Type": "application/json"}, encode_chunked=True)
+    response = conn.getresponse()
+    assert response.status == 413 and json.loads(response.read())["error"]["code"] == "too_large"
+    conn.close()
+
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
+    status, body, _ = call(conn, "PUT", "/vm/create", {})
+    assert status == 405 and body["error"]["code"] == "method_not_allowed"
+    conn.close()
+
+
+def test_unreachable_etcd_stops_at_start(tmp_path):
+    dead = f"127.0.0.1:{free_port()}"
+    result = subprocess.run([str(EXE)], env=api_env([dead], free_port(), tmp_path, UCLOUD_ETCD_RETRY_FOR="0.5",
+                                                    UCLOUD_ETCD_TIMEOUT="0.5"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ucloud-api: cannot reach etcd at {dead} (set UCLOUD_ETCD_ENDPOINTS)")
