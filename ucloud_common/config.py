@@ -64,7 +64,7 @@ class Settings:
     scheduler_resync_seconds: float = 30.0
     scheduler_metrics_bind: str = ""
     scheduler_batch: int = 32  # placements per etcd transaction (1-40)
-    scheduler_candidates: int = 50  # feasible hosts weighed per VM; 0 = all
+    scheduler_candidates: int = 20  # feasible hosts weighed per VM; 0 = all
     # vm daemon (one per compute host)
     host_name: str = ""  # default: the machine's hostname
     host_address: str = "127.0.0.1"  # underlay address other hosts reach this one at
@@ -89,6 +89,7 @@ class Settings:
     storage_backend: str = "file"  # file | rbd
     ceph_conf: str = "/etc/ceph/ceph.conf"
     ceph_client: str = "admin"
+    ceph_timeout: float = 10.0  # seconds for one Ceph connect, monitor command or OSD operation
     rbd_image_pool: str = "ucloud-images"
     rbd_hdd_pool: str = "ucloud-hdd"
     rbd_ssd_pool: str = "ucloud-ssd"

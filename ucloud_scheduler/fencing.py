@@ -1,0 +1,39 @@
+"""Fencing: make sure a dead host can no longer write to a VM's disk before the VM
+is started somewhere else (DESIGN.md §3.5, "never run a VM twice").
+
+The first guard is the host's own: a vm daemon that cannot renew its lease stops its
+VMs before the lease can expire, and the scheduler waits a further lease TTL after the
+liveness key vanished. A :class:`Fencer` is the second guard, called right before a
+VM of a dead host is re-placed: for Ceph it will blocklist the dead host's client so
+that RBD refuses its writes even if it is still running. It must be idempotent (it is
+called once per VM moved) and raise when it could not fence; the scheduler then keeps
+the VM where it is and tries again later.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ucloud_common.config import Settings
+
+
+class FencingError(Exception):
+    """The host could not be fenced; its VMs must not be started elsewhere yet."""
+
+
+class Fencer(Protocol):
+    def fence(self, host_name: str) -> None:
+        """Cut ``host_name`` off from shared storage, or raise."""
+
+
+class NoFencer:
+    """Relies on self-fencing alone (enough for file storage, whose VMs never move)."""
+
+    def fence(self, host_name: str) -> None:
+        return None
+
+
+def open_fencer(settings: Settings) -> Fencer:
+    """The fencer for ``settings.storage_backend``. An RBD blocklisting fencer, chosen when
+    ``storage_backend == "rbd"``, arrives with the Ceph backend; until then: none."""
+    return NoFencer()
