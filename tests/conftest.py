@@ -2,18 +2,22 @@
 
 * ``etcd`` — one member for the whole session; ``store`` empties ``/v1/`` before each test.
 * ``etcd_factory`` — a private member or cluster for a test that restarts or kills etcd.
+* ``ceph`` — a single-node Ceph cluster for the session; ``rbd_settings`` points at it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
 from ucloud_common.config import Settings, load_settings
 from ucloud_common.etcd_process import EtcdCluster
 from ucloud_common.store import Store
+
+if TYPE_CHECKING:
+    from ucloud_common.ceph_process import CephCluster
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +72,30 @@ def guest_image() -> Path:
     if done.returncode != 0:
         pytest.fail(f"build-guest-image.sh failed: {done.stderr.strip()}")
     return Path(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def ceph(tmp_path_factory: pytest.TempPathFactory) -> Iterator["CephCluster"]:
+    """A real single-node Ceph cluster (1 mon, 1 mgr, 1 memstore OSD) on loopback for the
+    whole session, with the default RBD pools (``ucloud-images``, ``-hdd``, ``-ssd``);
+    stopped by pid at the end. Tests sharing it use their own image and VM names."""
+    from ucloud_common.ceph_process import CephCluster
+
+    defaults = Settings()
+    cluster = CephCluster(tmp_path_factory.mktemp("ceph"))
+    try:
+        cluster.start()
+        cluster.create_pools([defaults.rbd_image_pool, defaults.rbd_hdd_pool, defaults.rbd_ssd_pool])
+    except BaseException:
+        cluster.stop()
+        raise
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def rbd_settings(settings: Settings, ceph: "CephCluster") -> Settings:
+    """``settings`` with the RBD storage backend on the session's Ceph cluster."""
+    from ucloud_common.config import replace
+
+    return replace(settings, storage_backend="rbd", ceph_conf=str(ceph.conf_path), ceph_timeout=5.0)
