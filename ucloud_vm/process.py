@@ -140,6 +140,21 @@ def reap(pid: int) -> str | None:
     return describe_status(status) if got else None
 
 
+def reap_wait(pid: int, timeout: float) -> str | None:
+    """Like :func:`reap`, waiting up to ``timeout`` for the child to finish exiting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if got:
+            return describe_status(status)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.005)
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
