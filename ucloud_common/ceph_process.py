@@ -281,7 +281,9 @@ class CephCluster:
     def blocklist(self) -> list[str]:
         """The client addresses the cluster currently refuses."""
         out = self.mon_command({"prefix": "osd blocklist ls", "format": "json"})
-        return [entry["addr"] for entry in json.loads(out or "[]")]
+        # Ceph 16 prints two JSON lists back to back (addresses, then address ranges): read the first.
+        entries, _ = json.JSONDecoder().raw_decode(out.strip() or "[]")
+        return [entry["addr"] for entry in entries]
 
 
 def _main(argv: list[str] | None = None) -> int:

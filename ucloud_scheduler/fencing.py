@@ -34,6 +34,10 @@ class NoFencer:
 
 
 def open_fencer(settings: Settings) -> Fencer:
-    """The fencer for ``settings.storage_backend``. An RBD blocklisting fencer, chosen when
-    ``storage_backend == "rbd"``, arrives with the Ceph backend; until then: none."""
+    """The fencer for ``settings.storage_backend``: with ``rbd``, the Ceph blocklisting
+    fencer (``ucloud_common.storage.rbd_fence``); otherwise none."""
+    if settings.storage_backend == "rbd":
+        from ucloud_common.storage.rbd_fence import RbdFencer
+
+        return RbdFencer(settings)
     return NoFencer()

@@ -375,15 +375,21 @@ class RbdBackend:
 
     def disk_clients(self, vm_id: str) -> set[str]:
         """Addresses of every client that has a disk of ``vm_id`` open or holds its lock
-        (this process excluded)."""
+        (this process excluded).
+
+        The exclusive lock's owner counts even when it no longer watches the image (a
+        host cut off from Ceph loses its watch after a while but still believes it holds
+        the lock). Listing lock owners needs a read-write open, which takes no lock.
+        """
         own = self.client_address()
         found: set[str] = set()
         for role in ROLES:
             with self._errors(f"listing the clients of VM {vm_id}'s {role} disk"):
                 try:
-                    with rbd.Image(self._ioctx(role), self._disk_name(vm_id, role), read_only=True) as img:
-                        found.update(w["addr"] for w in img.watchers_list())  # a read-only open adds none
-                        lockers = img.list_lockers()  # [] or {"lockers": [(client, cookie, address)]}
+                    with rbd.Image(self._ioctx(role), self._disk_name(vm_id, role)) as img:
+                        found.update(w["addr"] for w in img.watchers_list())
+                        found.update(owner["owner"] for owner in img.lock_get_owners())  # exclusive lock
+                        lockers = img.list_lockers()  # advisory locks: [] or {"lockers": [(client, cookie, addr)]}
                         found.update(address for _, _, address in (lockers or {}).get("lockers", []))
                 except rbd.ImageNotFound:
                     continue
