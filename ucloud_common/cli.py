@@ -3,6 +3,7 @@
 import click
 
 from .cli_admin import admin
+from .cli_image import image
 
 
 @click.group()
@@ -11,3 +12,4 @@ def main() -> None:
 
 
 main.add_command(admin)
+main.add_command(image)
