@@ -32,6 +32,9 @@ DEFAULT_CONFIG = PROJECT_DIR / "config" / "ucloud.yaml"
 ENV_PREFIX = "UCLOUD_"
 # Variables that steer loading itself, not settings.
 _LOADER_VARS = {"UCLOUD_CONFIG", "UCLOUD_ENV_FILE"}
+# Variables of the `ucloud` CLI (ucloud_common/cli_config.py), not settings: a user who exports
+# them must still be able to run the daemons and `ucloud admin`.
+_LOADER_VARS |= {"UCLOUD_API_URL", "UCLOUD_REALM", "UCLOUD_NAME", "UCLOUD_SEED", "UCLOUD_CLI_CONFIG"}
 
 
 class ConfigError(ValueError):
