@@ -42,6 +42,7 @@ from .actions import Action, MarkLost, Place, Release, SetReason, TxnBuilder, Un
 from .audit import run_audit
 from .fencing import Fencer, NoFencer
 from .members import MEMBER_TTL, Membership
+from .metrics import SchedulerMetrics
 from .placement import Choice, Overcommit, Policy, check_batch
 from .view import ClusterView, Snapshot, host_of, total
 
@@ -72,6 +73,7 @@ class SchedulerStats:
     hosts_up: int = 0
     audit_fixes: int = 0
     fencing_failures: int = 0
+    etcd_errors: int = 0  # etcd calls of the scheduler's own that failed (retried later)
     latency_count: int = 0  # placements measured from first sight to commit
     latency_sum: float = 0.0
     latency_max: float = 0.0
@@ -92,6 +94,9 @@ class Scheduler:
         self.membership = Membership(store, member_id, member_ttl)
         self.view = ClusterView(Overcommit.from_settings(settings), self.membership.id, clock)
         self.stats = SchedulerStats()
+        self.metrics = SchedulerMetrics(self.stats, lambda: len(self.view.waiting))
+        self.metrics_address: tuple[str, int] | None = None
+        self._fenced: dict[str, float] = {}  # dead host -> the gone_since it was fenced for
         self._rng = random.Random(seed)
         self._changes: dict[str, str] = {}  # key -> what its last change meant, for key_map
         self._stop = threading.Event()
@@ -104,6 +109,8 @@ class Scheduler:
     # -- life cycle --------------------------------------------------------------------------
 
     def start(self) -> "Scheduler":
+        if self.settings.scheduler_metrics_bind:
+            self.metrics_address = self.metrics.serve(self.settings.scheduler_metrics_bind)
         self.membership.start()
         self.audit()
         self.reconciler.start()  # lists every prefix (queueing every key), then watches
@@ -121,6 +128,7 @@ class Scheduler:
         for thread in self._threads:
             thread.join(10)
         self.membership.stop()
+        self.metrics.close()
         log.info("scheduler %s stopped: %s", self.membership.id,
                  " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in vars(self.stats).items()))
 
@@ -139,6 +147,7 @@ class Scheduler:
         try:
             result = run_audit(self.store)
         except StoreError as exc:
+            self.stats.etcd_errors += 1
             log.warning("audit failed: %s", exc)
             return
         self.stats.audit_fixes += len(result.fixed)
@@ -194,6 +203,8 @@ class Scheduler:
             try:
                 again = self.process(keys)
             except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the loop
+                if isinstance(exc, StoreError) and not isinstance(exc, Conflict):
+                    self.stats.etcd_errors += 1
                 for key in keys:
                     queue.retry(key)
                 log.warning("batch of %d keys failed (will retry): %s", len(keys), exc,
@@ -296,12 +307,16 @@ class Scheduler:
         if vm.storage == "file":
             return MarkLost(vm, f"host {source} died and this VM's disk was local to it (file storage): "
                                 f"it cannot be moved"), None
-        try:
-            self.fencer.fence(source)
-        except Exception as exc:  # noqa: BLE001 - any fencing failure means: not yet
-            self.stats.fencing_failures += 1
-            log.warning("cannot fence host %s (VM %s stays put for now): %s", source, vm_id, exc)
-            return None, FENCE_RETRY
+        gone = self.view.gone_since(source)
+        if self._fenced.get(source) != gone:  # once per death of the host, before its first VM moves
+            try:
+                self.fencer.fence(source)
+            except Exception as exc:  # noqa: BLE001 - any fencing failure means: not yet
+                self.stats.fencing_failures += 1
+                log.warning("cannot fence host %s (VM %s stays put for now): %s", source, vm_id, exc)
+                return None, FENCE_RETRY
+            self._fenced[source] = gone
+            log.info("host %s fenced; moving its VMs", source)
         result = snap.table.place(vm.specs, self.policy, self._rng.randrange(1 << 30))
         if isinstance(result, Choice):
             message = (f"host {source} lost its lease ({ttl}s TTL passed, host fenced); "
@@ -333,6 +348,7 @@ class Scheduler:
                         stats.latency_count += 1
                         stats.latency_sum += latency
                         stats.latency_max = max(stats.latency_max, latency)
+                        self.metrics.latency.observe(latency)
             elif isinstance(action, Unplace):
                 stats.unplaced += 1
                 log.info("VM %s: host %s is dead and %s", action.vm.id, action.source, action.reason)
@@ -354,6 +370,8 @@ class Scheduler:
         if host is None:
             return None
         alive = self.view.is_alive(name)
+        if alive:
+            self._fenced.pop(name, None)
         status = None
         if alive and host.status is HostStatus.DOWN:
             status = HostStatus.UP
