@@ -118,23 +118,12 @@ def host_table(hosts: Iterable[Mapping[str, Any]]) -> Table:
     return table
 
 
-def records_table(records: Iterable[Mapping[str, Any]]) -> Table:
-    """A table of flat-ish records whose shape this CLI does not fix (one column per key)."""
-    rows = list(records)
+def network_table(networks: Iterable[Mapping[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
-    columns: list[str] = []
-    for record in rows:
-        columns.extend(k for k in record if k not in columns)
-    for column in columns:
-        table.add_column(column.upper(), no_wrap=True, overflow="ignore")
-    for record in rows:
-        table.add_row(*(_cell(record.get(c)) for c in columns))
+    for column in ("NAME", "ID", "VNI", "IPV6 PREFIX", "IPV4 SUBNET", "VMS"):
+        table.add_column(column, no_wrap=True, overflow="ignore")
+    for net in networks:
+        table.add_row(escape(str(net.get("name", ""))), str(net.get("id", "")), str(net.get("vni", "")),
+                      escape(str(net.get("ipv6_prefix") or "-")), escape(str(net.get("ipv4_subnet") or "-")),
+                      " ".join(net.get("vms", [])) or "-")
     return table
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, (dict, list)):
-        return escape(json.dumps(value, separators=(",", ":")))
-    return escape(str(value))

@@ -1,0 +1,97 @@
+"""Fixtures shared by the CLI tests: a real `ucloud-api` (gunicorn) on a free port over the
+session's etcd, a user, and `ucloud` run through click's CliRunner with an isolated
+environment (empty HOME and dev-cloud dir, so no real ~/.ucloud leaks in)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from click.testing import CliRunner, Result
+
+from ucloud_common import accounts
+from ucloud_common.cli import main
+from ucloud_common.etcd_process import free_port
+from ucloud_common.store import Store
+
+API_EXE = Path(sys.executable).parent / "ucloud-api"
+CLI_EXE = Path(sys.executable).parent / "ucloud"
+
+
+@pytest.fixture(scope="module")
+def api_url(etcd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """ucloud-api as deployed (the console script, gunicorn), for every test of this module."""
+    tmp = tmp_path_factory.mktemp("api")
+    port = free_port()
+    env = {**os.environ, "UCLOUD_ETCD_ENDPOINTS": ",".join(etcd.endpoints), "UCLOUD_API_BIND": f"127.0.0.1:{port}",
+           "UCLOUD_API_WORKERS": "1", "UCLOUD_ENV_FILE": str(tmp / "none.env")}
+    log = open(tmp / "api.log", "wb")
+    proc = subprocess.Popen([str(API_EXE)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None, (tmp / "api.log").read_text()
+                assert time.monotonic() < deadline, "ucloud-api did not start listening"
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+            log.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """An empty home and dev-cloud dir, so no real ~/.ucloud or var/devcloud leaks in."""
+    (tmp_path / "home").mkdir()
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def base_env(home: Path, tmp_path: Path) -> dict[str, str]:
+    return {"HOME": str(home), "UCLOUD_DEV_DIR": str(tmp_path / "devcloud"), "UCLOUD_CLI_CONFIG": "",
+            "UCLOUD_API_URL": "", "UCLOUD_REALM": "", "UCLOUD_NAME": "", "UCLOUD_SEED": "", "COLUMNS": "200"}
+
+
+@pytest.fixture
+def user(store: Store) -> dict[str, str]:
+    _, seed = accounts.create_user(store, "acme", "alice")
+    return {"realm": "acme", "name": "alice", "seed": seed}
+
+
+@pytest.fixture
+def cli(api_url: str, user: dict[str, str], base_env: dict[str, str]):
+    """Run `ucloud` as alice (credentials in the environment)."""
+    env = {**base_env, "UCLOUD_API_URL": api_url, "UCLOUD_REALM": user["realm"], "UCLOUD_NAME": user["name"],
+           "UCLOUD_SEED": user["seed"]}
+
+    def run(*args: str, **extra_env: str) -> Result:
+        return CliRunner().invoke(main, list(args), env={**env, **extra_env}, catch_exceptions=False)
+
+    return run
+
+
+def one_error_line(result: Result) -> str:
+    """A failed command: exit code 1, nothing on stdout, exactly one line on stderr, no traceback."""
+    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ucloud: "), result.stderr
+    assert result.stdout == ""
+    return lines[0]
