@@ -16,6 +16,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make up      start a one-box dev cloud (etcd, api, scheduler, one vm host)"
+	@echo "make down    stop it (keeps its data); make clean also removes the data; make status"
 	@echo "make test    install everything and run the whole test suite"
 
 deps:
@@ -35,5 +36,15 @@ venv: deps $(VENV)/.synced
 test: venv
 	$(VENV)/bin/python -m pytest -ra $(PYTEST_ARGS)
 
-up down status clean:
-	@echo "make $@: the one-box dev cloud arrives with issue 8 (ucloud CLI and dev cloud)" >&2; exit 1
+# The dev cloud: etcd, ucloud-api, ucloud-scheduler and one ucloud-vm host, in the background,
+# with pid and log files under var/devcloud/ (UCLOUD_DEV_DIR). See ucloud_common/devcloud.py.
+up: venv
+	@$(VENV)/bin/python -m ucloud_common.devcloud up
+
+down status:
+	@if [ -x $(VENV)/bin/python ]; then $(VENV)/bin/python -m ucloud_common.devcloud $@; \
+	else echo "make $@: no $(VENV) yet, so nothing was started"; fi
+
+clean:
+	@if [ -x $(VENV)/bin/python ]; then $(VENV)/bin/python -m ucloud_common.devcloud clean; \
+	else rm -rf var/devcloud; fi
