@@ -99,6 +99,7 @@ class Settings:
     # networks
     vxlan_underlay_device: str = ""  # "": the device that holds host_address
     vxlan_port: int = 4789
+    host_netns: str = ""  # network namespace of this host's bridges/VXLANs/taps; "": the daemon's own
 
     @property
     def api_host_port(self) -> tuple[str, int]:
