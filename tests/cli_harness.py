@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from click.testing import CliRunner, Result
@@ -19,7 +19,9 @@ from click.testing import CliRunner, Result
 from ucloud_common import accounts
 from ucloud_common.cli import main
 from ucloud_common.etcd_process import free_port
-from ucloud_common.store import Store
+from ucloud_common.keys import vm_key
+from ucloud_common.models import VM, VMStatus
+from ucloud_common.store import Conflict, Store
 
 API_EXE = Path(sys.executable).parent / "ucloud-api"
 CLI_EXE = Path(sys.executable).parent / "ucloud"
@@ -95,3 +97,17 @@ def one_error_line(result: Result) -> str:
     assert len(lines) == 1 and lines[0].startswith("ucloud: "), result.stderr
     assert result.stdout == ""
     return lines[0]
+
+
+def set_status(store: Store, vm_id: str, status: VMStatus, **changes: Any) -> None:
+    """What the scheduler / a vm daemon does to a VM record: a compare-and-swap."""
+    while True:
+        entry = store.get(vm_key(vm_id))
+        assert entry is not None
+        vm = VM.from_json(vm_id, entry.value, entry.mod_revision)
+        new = vm.with_event(f"test: now {status.value}", status=status, **changes)
+        try:
+            store.update(entry.key, new.to_json(), entry.mod_revision)
+            return
+        except Conflict:
+            continue

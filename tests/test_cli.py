@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from cli_harness import CLI_EXE, api_url, base_env, cli, home, one_error_line, user  # noqa: F401 (fixtures)
+from cli_harness import (CLI_EXE, api_url, base_env, cli, home, one_error_line,  # noqa: F401 (fixtures)
+                         set_status, user)
 
 from ucloud_common import accounts
 from ucloud_common.cli import main
@@ -27,21 +28,7 @@ from ucloud_common.config import load_settings
 from ucloud_common.etcd_process import free_port
 from ucloud_common.keys import vm_key
 from ucloud_common.models import VM, Host, HostStatus, Specs, VMStatus
-from ucloud_common.store import Conflict, Store
-
-
-def set_status(store: Store, vm_id: str, status: VMStatus, **changes: Any) -> None:
-    """What the scheduler / a vm daemon does to a VM record: a compare-and-swap."""
-    while True:
-        entry = store.get(vm_key(vm_id))
-        assert entry is not None
-        vm = VM.from_json(vm_id, entry.value, entry.mod_revision)
-        new = vm.with_event(f"test: now {status.value}", status=status, **changes)
-        try:
-            store.update(entry.key, new.to_json(), entry.mod_revision)
-            return
-        except Conflict:
-            continue
+from ucloud_common.store import Store
 
 
 # -- configuration ---------------------------------------------------------------------------------
