@@ -3,12 +3,13 @@
 Cases are generated from the spec the app serves, both fitting it (positive) and
 breaking it (negative). To get past authentication, half of the cases carry a real
 user's credentials (in the body fields and headers the case already has) and half
-of them name a real VM of that user, so deletes and actions reach etcd too. Every
-4xx must have the one error shape.
+of them name a real VM (and a real network) of that user, so deletes, actions,
+attaches and detaches reach etcd too. Every 4xx must have the one error shape.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterator
 
 import pytest
@@ -17,12 +18,12 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from ucloud_api import create_app, services
+from ucloud_api import create_app, networks, services
 from ucloud_common import accounts
 from ucloud_common.models import Specs
 from ucloud_common.units import GB
 
-MAX_EXAMPLES = 40  # per operation and mode: 7 operations x 2 modes stay within ~30 s
+MAX_EXAMPLES = 30  # per operation and mode: 12 operations x 2 modes stay within ~40 s
 
 
 @pytest.fixture
@@ -40,7 +41,8 @@ def _operations(app: Any) -> list[Any]:
 def test_every_endpoint_is_fuzzed(app):
     labels = {op.label for op in _operations(app)}
     assert labels == {"POST /vm/create", "POST /vm/delete", "GET /vm/status", "GET /vm/list",
-                      "POST /vm/action", "GET /host/list", "GET /healthz"}
+                      "POST /vm/action", "GET /host/list", "GET /healthz", "POST /network/create",
+                      "GET /network/list", "POST /network/attach", "POST /network/detach", "POST /network/delete"}
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
@@ -50,13 +52,15 @@ def test_fuzz_finds_no_server_error(app, store, mode):
     header_names = {"X-Ucloud-Realm": "realm", "X-Ucloud-Name": "name", "X-Ucloud-Seed": "seed"}
     client = app.test_client()
     failures: list[str] = []
+    labels = itertools.count()
 
     for operation in _operations(app):
 
-        @given(case=operation.as_strategy(generation_mode=mode), authenticate=st.booleans(), real_vm=st.booleans())
+        @given(case=operation.as_strategy(generation_mode=mode), authenticate=st.booleans(), real_vm=st.booleans(),
+               real_net=st.booleans())
         @hypothesis_settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
                              suppress_health_check=list(HealthCheck))
-        def run(case: Any, authenticate: bool, real_vm: bool) -> None:
+        def run(case: Any, authenticate: bool, real_vm: bool, real_net: bool) -> None:
             if authenticate:
                 if isinstance(case.body, dict):
                     case.body.update({k: v for k, v in creds.items() if k in case.body})
@@ -68,6 +72,9 @@ def test_fuzz_finds_no_server_error(app, store, mode):
                     case.body.update({k: vm_id for k in ("id", "vmid") if k in case.body})
                 if case.query and "id" in case.query:
                     case.query["id"] = vm_id
+            if real_net and isinstance(case.body, dict) and "network" in case.body:
+                net = networks.create_network(store, "fuzz/alice", f"net-{next(labels)}")
+                case.body["network"] = net.id if real_vm else net.name
             response = case.call(app=app)
             if response.status_code >= 500:
                 failures.append(f"{response.status_code} for {case.as_curl_command()}: {response.text[:300]}")

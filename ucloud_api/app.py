@@ -15,7 +15,7 @@ from flask import Flask, abort, request
 from ucloud_common.config import Settings
 from ucloud_common.store import Store
 
-from . import errors, routes
+from . import errors, network_routes, routes
 from .auth import Authenticator, CredentialCache
 from .openapi import build_spec
 
@@ -32,7 +32,7 @@ def create_app(settings: Settings, *, store: Store | None = None, cache_ttl: flo
     cache = CredentialCache() if cache_ttl is None else CredentialCache(ttl=cache_ttl)
     app.extensions["ucloud"] = routes.ApiContext(settings, store, Authenticator(store, cache), health_store)
     app.extensions["ucloud_openapi"] = build_spec()
-    for blueprint in (routes.vm, routes.host, routes.meta):
+    for blueprint in (routes.vm, network_routes.network, routes.host, routes.meta):
         app.register_blueprint(blueprint)
     errors.register(app)
     app.wsgi_app = ChunkedBodyLimit(app.wsgi_app, settings.api_max_body_bytes)  # type: ignore[method-assign]

@@ -25,6 +25,7 @@ from ucloud_common.accounts import AccountError
 from ucloud_common.models import ModelError
 from ucloud_common.store import Unavailable
 
+from .networks import Exhausted
 from .services import InvalidState, NotFound, ServiceError
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,10 @@ def register(app: Flask) -> None:
     @app.errorhandler(InvalidState)
     def _invalid_state(exc: InvalidState) -> Response:
         return error_response(409, str(exc), exc.field)
+
+    @app.errorhandler(Exhausted)
+    def _exhausted(exc: Exhausted) -> Response:
+        return error_response(409, str(exc), exc.field, code="exhausted")
 
     @app.errorhandler(ServiceError)
     def _service(exc: ServiceError) -> Response:  # pragma: no cover - every subclass has its own handler

@@ -22,7 +22,7 @@ from gunicorn.app.base import BaseApplication
 from ucloud_common.config import Settings
 from ucloud_common.daemon import connect_or_exit, load_or_exit
 
-THREADS = int(__import__("os").environ.get("XTHREADS", "4"))
+THREADS = 4
 
 
 class ApiServer(BaseApplication):  # type: ignore[misc]

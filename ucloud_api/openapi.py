@@ -22,8 +22,8 @@ from . import schemas as s
 
 _REF = "#/components/schemas/{model}"
 ERROR_CODES = {400: "invalid request (names the field)", 401: "missing or wrong credentials",
-               403: "not allowed", 404: "no such VM (or not yours)", 405: "method not allowed",
-               409: "does not fit the VM's state", 413: "body too large", 415: "body is not JSON",
+               403: "not allowed", 404: "no such VM or network (or not yours)", 405: "method not allowed",
+               409: "does not fit the current state", 413: "body too large", 415: "body is not JSON",
                500: "internal error", 503: "etcd unavailable"}
 
 
@@ -67,6 +67,28 @@ OPERATIONS: tuple[Operation, ...] = (
               "Sets REQUESTED_START / REQUESTED_STOP / REQUESTED_REBOOT for the VM's host. start needs "
               "STOPPED; stop needs RUNNING, KILLED or REQUESTED_REBOOT; reboot needs RUNNING; else 409.",
               (202, s.Accepted, "accepted"), s.VMAction, errors=(400, 401, 404, 405, 409, 413, 415, 500, 503)),
+    Operation("post", "/network/create", "Create a network",
+              "A network (a VXLAN segment) owned by you, with a VXLAN id unique in the cloud and optionally "
+              "an IPv6 prefix and/or IPv4 subnet. Its label must be unique among your networks (else 409).",
+              (201, s.NetworkCreated, "created"), s.CreateNetwork, tag="network",
+              errors=(400, 401, 405, 409, 413, 415, 500, 503)),
+    Operation("get", "/network/list", "Your networks",
+              "Each with its VXLAN id, prefixes and the ids of your VMs attached to it.",
+              (200, s.NetworkList, "your networks, oldest first"), s.Credentials, body_required=False,
+              tag="network", errors=(400, 401, 405, 413, 415, 500, 503)),
+    Operation("post", "/network/attach", "Attach a VM to a network",
+              "Your VM gets a NIC on your network, with a MAC unique in the cloud; its host hot-plugs it "
+              "when the VM runs, else it is there at the next start. 409 if already attached.",
+              (202, s.NicChange, "accepted: the new NIC"), s.NetworkVM, tag="network",
+              errors=(400, 401, 404, 405, 409, 413, 415, 500, 503)),
+    Operation("post", "/network/detach", "Detach a VM from a network",
+              "Removes the VM's NIC on that network (hot-unplugged by its host) and frees its MAC.",
+              (202, s.NicChange, "accepted: the NIC removed"), s.NetworkVM, tag="network",
+              errors=(400, 401, 404, 405, 409, 413, 415, 500, 503)),
+    Operation("post", "/network/delete", "Delete a network",
+              "Removes the network and frees its VXLAN id; 409 while any VM is attached to it.",
+              (202, s.NetworkDeleted, "deleted (hosts remove its bridges)"), s.DeleteNetwork, tag="network",
+              errors=(400, 401, 404, 405, 409, 413, 415, 500, 503)),
     Operation("get", "/host/list", "Hosts (administrators only)",
               "Capacity, what the scheduler promised, what is free (with overcommit), status and liveness "
               "of every host. For users of the admin realm or with the admin flag.",
@@ -129,7 +151,7 @@ def build_spec() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "ucloud API", "version": "1",
-                 "description": "Create, inspect and delete VMs. Credentials (name, realm, seed) travel in the "
+                 "description": "Create, inspect and delete VMs and their networks. Credentials (name, realm, seed) travel in the "
                                 "JSON body, as in the seed, or in the X-Ucloud-Name/-Realm/-Seed headers. "
                                 "Every error has one shape: {\"error\": {status, code, field, message}}."},
         "paths": paths,

@@ -127,6 +127,43 @@ class VMAction(Credentials):
     action: Literal["start", "stop", "reboot"]
 
 
+NetworkRef = Annotated[StrictStr, Field(pattern=LABEL_PATTERN, description="the network's id or its label")]
+
+
+class CreateNetwork(Credentials):
+    """``POST /network/create``: a network (a VXLAN segment) with a label unique among yours."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "username", "realm": "user_realm", "seed": "user_seed", "network": "backend",
+        "ipv6_prefix": "fd00:1::/64"}]})
+
+    network: Annotated[StrictStr, Field(pattern=LABEL_PATTERN, description="a label for the network")]
+    ipv6_prefix: Optional[Annotated[StrictStr, Field(max_length=64)]] = Field(
+        None, description="an IPv6 prefix for the network, e.g. fd00:1::/64 (/8../126)")
+    ipv4_subnet: Optional[Annotated[StrictStr, Field(max_length=32)]] = Field(
+        None, description="an IPv4 subnet for the network, e.g. 10.0.0.0/24 (/8../30)")
+
+
+class NetworkVM(Credentials):
+    """``POST /network/attach`` and ``/network/detach``: one of your VMs and one of your networks."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "username", "realm": "user_realm", "seed": "user_seed",
+        "vmid": "id_of_virtual_machine", "network": "backend"}]})
+
+    vmid: VmId
+    network: NetworkRef
+
+
+class DeleteNetwork(Credentials):
+    """``POST /network/delete``: a network of yours with no VM attached."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "username", "realm": "user_realm", "seed": "user_seed", "network": "backend"}]})
+
+    network: NetworkRef
+
+
 # -- responses (for the spec; the handlers build plain dicts of the same shape) ---------------
 
 
@@ -206,3 +243,36 @@ class Health(BaseModel):
     status: Literal["ok"]
     etcd: Literal["ok"]
     revision: int
+
+
+class NetworkCreated(BaseModel):
+    id: str
+    name: str
+    vni: int = Field(description="the VXLAN id, unique in the cloud")
+
+
+class NetworkOut(BaseModel):
+    id: str
+    name: str
+    owner: str
+    vni: int
+    ipv6_prefix: str
+    ipv4_subnet: str
+    created: float
+    vms: list[str] = Field(description="ids of your VMs with a NIC on this network")
+
+
+class NetworkList(BaseModel):
+    networks: list[NetworkOut]
+
+
+class NetworkDeleted(BaseModel):
+    id: str
+    status: Literal["DELETED"]
+
+
+class NicChange(BaseModel):
+    vmid: str
+    network: str = Field(description="the network's id")
+    mac: str = Field(description="the NIC's MAC address")
+    status: str = Field(description="the VM's status (its host hot-plugs the NIC when it runs)")

@@ -238,13 +238,18 @@ def delete_vm(store: Store, owner: str, vm_id: str) -> str:
 
     A VM never placed (``hostname`` empty) has nothing running anywhere: it is removed
     at once, by a compare-and-swap delete (if the scheduler placed it meanwhile, the
-    compare fails and we decide again). Otherwise its host's vm daemon owns the delete.
+    compare fails and we decide again), which also frees its MACs and drops it from its
+    networks. Otherwise its host's vm daemon owns the delete.
     """
+    from .networks import release_vm_ops  # networks builds on this module
+
     for _ in range(CAS_ATTEMPTS):
         vm = get_vm(store, owner, vm_id, "vmid")
         if not vm.hostname:
+            compares = [Compare(vm_key(vm_id), vm.mod_revision)]
+            ops = [Delete(vm_key(vm_id)), *release_vm_ops(store, vm, compares)]
             try:
-                store.txn([Compare(vm_key(vm_id), vm.mod_revision)], [Delete(vm_key(vm_id))])
+                store.txn(compares, ops)
                 return "DELETED"
             except Conflict:
                 continue

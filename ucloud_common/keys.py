@@ -14,6 +14,7 @@ IDEMPOTENCY_PREFIX = "/v1/idempotency/"  # /v1/idempotency/<owner hash>/<key>: c
 VXLAN_PREFIX = "/v1/vxlan/"  # /v1/vxlan/<vni>: which network holds that VXLAN id
 MAC_PREFIX = "/v1/mac/"  # /v1/mac/<mac>: which VM NIC holds that MAC
 SCHEDULER_PREFIX = "/v1/scheduler/"  # /v1/scheduler/<id>: a live scheduler, on its own lease
+NETNAME_PREFIX = "/v1/netname/"  # /v1/netname/<realm>/<name>/<label>: a user's network label -> network id
 
 
 def vm_key(vm_id: str) -> str:
@@ -42,3 +43,20 @@ def name_from_key(key: str | bytes, prefix: str) -> str:
 
 def scheduler_key(member_id: str) -> str:
     return SCHEDULER_PREFIX + member_id
+
+
+def network_key(network_id: str) -> str:
+    return NETWORK_PREFIX + network_id
+
+
+def vxlan_key(vni: int) -> str:
+    return f"{VXLAN_PREFIX}{vni}"
+
+
+def mac_key(mac: str) -> str:
+    return MAC_PREFIX + mac
+
+
+def netname_key(owner: str, label: str) -> str:
+    """The index that makes a network label unique per owner (``owner`` is ``realm/name``)."""
+    return f"{NETNAME_PREFIX}{owner}/{label}"

@@ -1,4 +1,4 @@
-"""Typed, immutable records for what lives in etcd: VMs, hosts, allocations.
+"""Typed, immutable records for what lives in etcd: VMs, hosts, allocations, networks.
 
 The seed's JSON shapes are the contract (DESIGN.md §2): field names are kept, fields
 are only ever added. Records are frozen dataclasses that remember the etcd
@@ -337,6 +337,70 @@ class Allocation:
         data = _loads(raw)
         vms = data.get("vms", {}) if isinstance(data, Mapping) else {}
         return cls(host, _frozen({k: Specs.from_dict(v) for k, v in vms.items()}), mod_revision)
+
+
+VNI_MIN = 1
+VNI_MAX = 2**24 - 1  # VXLAN network identifiers are 24 bits; 0 is not used
+
+_NETWORK_FIELDS = ("owner", "name", "vni", "ipv6_prefix", "ipv4_subnet", "created", "attached")
+
+
+@dataclass(frozen=True)
+class Network:
+    """A user's network (``/v1/network/<id>``): a VXLAN segment that VM NICs join.
+
+    ``vni`` is unique across the cloud (``/v1/vxlan/<vni>`` is created in the same
+    transaction). ``attached`` maps VM id -> MAC of each NIC on this network; the API
+    writes it in the same transaction as the VM record's ``networks``, so deleting a
+    network can compare one revision. The VM records stay the truth for the hosts.
+    """
+
+    id: str
+    owner: str
+    name: str  # the user's label, unique per owner
+    vni: int
+    ipv6_prefix: str = ""  # e.g. "fd00:1::/64", "" for none
+    ipv4_subnet: str = ""  # e.g. "10.0.0.0/24", "" for none
+    created: float = 0.0
+    attached: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
+    extra: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
+    mod_revision: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = dict(self.extra)
+        data.update({"owner": self.owner, "name": self.name, "vni": self.vni, "ipv6_prefix": self.ipv6_prefix,
+                     "ipv4_subnet": self.ipv4_subnet, "created": self.created,
+                     "attached": dict(sorted(self.attached.items()))})
+        return data
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_dict(cls, network_id: str, data: object, mod_revision: int = 0) -> "Network":
+        if not isinstance(data, Mapping):
+            raise ModelError("network", "record must be a JSON object")
+        owner, name, vni = data.get("owner"), data.get("name"), data.get("vni")
+        if not isinstance(owner, str) or not isinstance(name, str):
+            raise ModelError("owner", "owner and name must be strings")
+        if isinstance(vni, bool) or not isinstance(vni, int) or not VNI_MIN <= vni <= VNI_MAX:
+            raise ModelError("vni", f"must be a whole number in {VNI_MIN}..{VNI_MAX}")
+        attached = data.get("attached") or {}
+        if not isinstance(attached, Mapping) or not all(isinstance(v, str) for v in attached.values()):
+            raise ModelError("attached", "must map VM ids to MACs")
+        return cls(
+            id=network_id, owner=owner, name=name, vni=vni,
+            ipv6_prefix=str(data.get("ipv6_prefix", "") or ""),
+            ipv4_subnet=str(data.get("ipv4_subnet", "") or ""),
+            created=float(data.get("created", 0.0) or 0.0),
+            attached=_frozen(dict(attached)),
+            extra=_frozen({k: v for k, v in data.items() if k not in _NETWORK_FIELDS}),
+            mod_revision=mod_revision,
+        )
+
+    @classmethod
+    def from_json(cls, network_id: str, raw: bytes | str, mod_revision: int = 0) -> "Network":
+        return cls.from_dict(network_id, _loads(raw), mod_revision)
 
 
 def _loads(raw: bytes | str) -> Any:
