@@ -48,6 +48,14 @@ def test_desired_state(vms, vnis, bridges, taps, skipped) -> None:
     assert len(desired.skipped) == skipped
 
 
+def test_desired_state_never_bridges_two_owners() -> None:
+    vms = [VmNics("a", "h1", (("n1", MAC1), ("n2", MAC2)), owner="alice"),
+           VmNics("b", "h2", (("n1", MAC3),), owner="bob")]
+    desired = desired_state("h1", vms, {"n1": 7, "n2": 8}, ADDR, owners={"n1": "alice", "n2": "bob"})
+    assert set(desired.taps) == {tap_name(MAC1)} and len(desired.skipped) == 1
+    assert desired.bridges["ucbr7"].peers == frozenset()  # bob's NIC on alice's network is no peer
+
+
 def _desired(peers: frozenset[str] = frozenset()) -> Desired:
     tap = TapSpec(tap_name(MAC1), "ucbr7", "a", "n1", MAC1)
     return Desired({"ucbr7": BridgeSpec(7, peers)}, {tap.name: tap})

@@ -18,7 +18,8 @@ It wires the pieces together (each in its own module):
 
 NICs: :meth:`VmDaemon.nic_args` gives the ``-netdev``/``-device`` pairs for a VM at QEMU
 start and :meth:`VmDaemon.sync_nics` is called on every record change of a running VM
-(hot-plug). They are the network layer's hooks; without it a VM has no NICs.
+(hot-plug). They call the network layer (:mod:`netagent`), which also runs its own loop
+over VMs, networks and hosts for the host's bridges, VXLANs and taps.
 
 Stopping the daemon (SIGTERM) leaves every QEMU running: a restarted daemon adopts them
 (pid file + cmdline check + QMP) and reuses the still-live lease.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -49,6 +51,7 @@ from .host import LeaseKeeper, detect_capacity, register_host
 from .lifecycle import Action, Decision, Exit, Observed, Policy, decide, recent_restarts
 from .metrics import VmMetrics
 from .monitor import Watcher
+from .netagent import NetworkAgent
 from .notify import Notifier
 from .paths import VmPaths, local_vm_ids
 from .qemu_argv import NicArgs, QemuConfig, build_argv
@@ -87,6 +90,7 @@ class VmDaemon:
         self.reconciler = Reconciler(store, [VM_PREFIX], self.sync, resync_seconds=settings.vm_resync_seconds,
                                      workers=4, name=f"ucloud-vm[{name}]")
         self.metrics_address: tuple[str, int] | None = None
+        self.network = NetworkAgent(store, settings, name, registry=self.metrics.registry)
 
     # -- start / stop ---------------------------------------------------------------------
 
@@ -104,6 +108,7 @@ class VmDaemon:
         register_host(self.store, self.name, detect_capacity(self.settings), self.settings.host_address,
                       self.settings.host_lease_ttl)
         self.lease.start()
+        self.network.start()
         self.reconciler.start()
         for vm_id in local_vm_ids(self.state_dir):  # adoption, and VMs whose record is gone
             self.reconciler.queue.add(vm_key(vm_id))
@@ -116,6 +121,7 @@ class VmDaemon:
         """Stop the daemon; every QEMU keeps running (a restarted daemon adopts it)."""
         self._stop.set()
         self.reconciler.stop()
+        self.network.stop()
         with self._lock:
             watchers = list(self._watchers.values())
             self._watchers.clear()
@@ -332,10 +338,11 @@ class VmDaemon:
 
     def nic_args(self, vm: VM) -> Sequence[NicArgs]:
         """The NICs of ``vm`` for its QEMU command line: the network layer's hook (none without it)."""
-        return ()
+        return self.network.start_nics(vm)
 
     def sync_nics(self, vm: VM) -> None:
         """Make a running VM's NICs match ``vm.networks`` (hot-plug): the network layer's hook."""
+        self.network.sync_vm(vm)
 
     def _start(self, vm: VM, paths: VmPaths, decision: Decision) -> float | None:
         if not self.lease.valid():
@@ -350,17 +357,23 @@ class VmDaemon:
         if restart:
             self._record_restart(paths, time.time())
             self.metrics.restarts.inc()
-        argv = build_argv(QemuConfig(vm_id=vm.id, cpu=vm.specs.cpu, ram=vm.specs.ram, disks=disks, paths=paths,
-                                     accel=self.accel, binary=self.settings.qemu_binary,
-                                     nics=tuple(self.nic_args(vm))))
-        with self._lock:
-            self._exits.pop(vm.id, None)
-            self._powerdown.pop(vm.id, None)
+        nics = tuple(self.nic_args(vm))
+        tap_fds = [nic.fd for nic in nics if nic.fd is not None]
         try:
-            qemu = process.start(argv, paths)
-        except (process.StartError, OSError, ValueError) as exc:
-            self._error(vm, f"QEMU did not start: {exc}")
-            return None
+            argv = build_argv(QemuConfig(vm_id=vm.id, cpu=vm.specs.cpu, ram=vm.specs.ram, disks=disks,
+                                         paths=paths, accel=self.accel, binary=self.settings.qemu_binary,
+                                         nics=nics))
+            with self._lock:
+                self._exits.pop(vm.id, None)
+                self._powerdown.pop(vm.id, None)
+            try:
+                qemu = process.start(argv, paths, pass_fds=tap_fds)
+            except (process.StartError, OSError, ValueError) as exc:
+                self._error(vm, f"QEMU did not start: {exc}")
+                return None
+        finally:
+            for fd in tap_fds:  # QEMU has its own copies now
+                os.close(fd)
         self._watch(vm.id, paths, qemu.pid, child=True)
         try:
             state = run_command(str(paths.qmp), "query-status", wait=5.0)

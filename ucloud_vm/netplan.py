@@ -87,6 +87,7 @@ class VmNics:
     vm_id: str
     host: str  # bare host name ("h1"); "" when not placed
     nics: tuple[tuple[str, str], ...]  # (network id, mac)
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -135,12 +136,14 @@ class Desired:
 
 
 def desired_state(host: str, vms: Iterable[VmNics], vnis: Mapping[str, object],
-                  addresses: Mapping[str, str]) -> Desired:
+                  addresses: Mapping[str, str], owners: Mapping[str, str] | None = None) -> Desired:
     """What should exist on ``host``.
 
     ``vnis`` maps a network id to its VXLAN id (networks unknown here are skipped: the
     record may not have reached this host yet); ``addresses`` maps host names to their
-    underlay address.
+    underlay address. With ``owners`` (network id -> owner), a NIC of a VM on another
+    owner's network is skipped too: the API never allows it, and a host does not
+    bridge two users together because of a bad record.
     """
     vms = list(vms)
     skipped: list[str] = []
@@ -153,6 +156,9 @@ def desired_state(host: str, vms: Iterable[VmNics], vnis: Mapping[str, object],
             vni = vnis.get(network)
             if not valid_vni(vni):
                 skipped.append(f"VM {vm.vm_id}: network {network!r} is unknown or has no valid VXLAN id")
+                continue
+            if owners is not None and owners.get(network) != vm.owner:
+                skipped.append(f"VM {vm.vm_id}: network {network!r} belongs to another owner")
                 continue
             if not valid_mac(mac):
                 skipped.append(f"VM {vm.vm_id}: {mac!r} is not a MAC address")
@@ -174,6 +180,8 @@ def desired_state(host: str, vms: Iterable[VmNics], vnis: Mapping[str, object],
             continue
         for network, _mac in vm.nics:
             vni = vnis.get(network)
+            if owners is not None and owners.get(network) != vm.owner:
+                continue
             if isinstance(vni, int) and vni in peers:
                 peers[vni].add(address)
     bridges = {bridge_name(v): BridgeSpec(v, frozenset(p)) for v, p in peers.items()}

@@ -76,8 +76,11 @@ def find(paths: VmPaths) -> QemuProcess | None:
     return None
 
 
-def start(argv: Sequence[str], paths: VmPaths, env: dict[str, str] | None = None) -> QemuProcess:
+def start(argv: Sequence[str], paths: VmPaths, env: dict[str, str] | None = None,
+          pass_fds: Sequence[int] = ()) -> QemuProcess:
     """Start QEMU with ``argv`` in its own session; returns once its QMP socket accepts.
+
+    ``pass_fds`` (e.g. tap descriptors) are inherited by QEMU under the same numbers.
 
     Raises :class:`StartError` (with the end of ``qemu.log``) if QEMU exits first.
     """
@@ -94,6 +97,8 @@ def start(argv: Sequence[str], paths: VmPaths, env: dict[str, str] | None = None
                               (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                               (os.POSIX_SPAWN_OPEN, 1, str(paths.qemu_log), os.O_WRONLY | os.O_APPEND, 0),
                               (os.POSIX_SPAWN_DUP2, 1, 2),
+                              # dup2 onto itself clears close-on-exec in the child only (glibc >= 2.29)
+                              *((os.POSIX_SPAWN_DUP2, fd, fd) for fd in pass_fds),
                           ])
     deadline = time.monotonic() + 30.0
     while time.monotonic() < deadline:

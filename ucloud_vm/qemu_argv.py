@@ -39,6 +39,8 @@ class NicArgs:
     netdev_id: str
     mac: str
     model: str = "virtio-net-pci"
+    fd: int | None = None  # the tap's descriptor QEMU inherits (``fd=N`` in ``netdev``), if any
+    device_id: str = ""  # the device's QMP id (for hot-unplug), if any
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,8 @@ def build_argv(config: QemuConfig) -> list[str]:
     for disk in ordered:
         argv += _disk_args(disk)
     for nic in config.nics:
-        argv += ["-netdev", nic.netdev, "-device", f"{nic.model},netdev={nic.netdev_id},mac={nic.mac}"]
+        device = f"{nic.model},netdev={nic.netdev_id},mac={nic.mac}" + (f",id={nic.device_id}" if nic.device_id else "")
+        argv += ["-netdev", nic.netdev, "-device", device]
     return argv
 
 
