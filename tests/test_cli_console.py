@@ -5,6 +5,8 @@ runtime paths), driven through the installed `ucloud` script."""
 from __future__ import annotations
 
 import os
+import pty
+import select
 import shutil
 import subprocess
 import tempfile
@@ -93,3 +95,40 @@ def test_console_attaches_to_a_real_guest(cli, store: Store, guest_for, api_url:
     done = subprocess.run([str(CLI_EXE), "vm", "console", vm_id, "--state-dir", state_dir, "--log"],
                           env=env, capture_output=True, timeout=60)
     assert done.returncode == 0 and b"UCLOUD-GUEST-UP" in done.stdout and b"answer-42" in done.stdout
+
+    # On a terminal: raw mode, keys go to the guest, Ctrl-] detaches (and the terminal is restored).
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the console on the pty
+        os.execve(str(CLI_EXE), [str(CLI_EXE), "vm", "console", vm_id, "--state-dir", state_dir], env)
+    try:
+        seen = read_until(fd, b"Ctrl-] detaches", 30)
+        os.write(fd, b"echo tty-$((6*7))\r")
+        seen += read_until(fd, b"tty-42", 60)
+        os.write(fd, b"\x1d")
+        seen += read_until(fd, b"detached", 30)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, seen
+    finally:
+        os.close(fd)
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def read_until(fd: int, marker: bytes, timeout: float) -> bytes:
+    received = b""
+    deadline = time.monotonic() + timeout
+    while marker not in received:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no {marker!r} in {received!r}"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                chunk = b""
+            assert chunk, f"the console ended before {marker!r}: {received!r}"
+            received += chunk
+    return received

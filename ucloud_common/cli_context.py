@@ -30,10 +30,10 @@ class CliContext:
             self._config = resolve(self.flags, self.config_file)
         return self._config
 
-    def client(self, credentials: bool = True) -> ApiClient:
+    def client(self) -> ApiClient:
         if self._client is None:
             cfg = self.config()
-            self._client = ApiClient(cfg.api_url, cfg.credentials() if credentials else None, self.timeout)
+            self._client = ApiClient(cfg.api_url, cfg.credentials(), self.timeout)
         return self._client
 
     def close(self) -> None:

@@ -193,8 +193,3 @@ class ApiClient:
 
     def network_delete(self, network: str) -> Any:
         return self.call("POST", "/network/delete", {"network": network})
-
-    # -- meta -----------------------------------------------------------------------------
-
-    def health(self) -> dict[str, Any]:
-        return dict(self.call("GET", "/healthz"))
