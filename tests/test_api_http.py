@@ -5,6 +5,7 @@ The server is started as a subprocess on a free loopback port and stopped by its
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ucloud_common import accounts
 from ucloud_common.etcd_process import free_port
@@ -30,11 +32,12 @@ def api_env(endpoints: tuple[str, ...] | list[str], port: int, tmp_path: Path, *
             "UCLOUD_API_WORKERS": "2", "UCLOUD_ENV_FILE": str(tmp_path / "none.env"), **extra}
 
 
-@pytest.fixture
-def server(etcd, store: Store, tmp_path: Path) -> Iterator[int]:
+@contextlib.contextmanager
+def running_api(etcd: Any, tmp_path: Path, **env: str) -> Iterator[int]:
+    """``ucloud-api`` (2 workers) on a free port until the block ends; stopped by pid."""
     port = free_port()
     log = open(tmp_path / "api.log", "wb")
-    proc = subprocess.Popen([str(EXE)], env=api_env(etcd.endpoints, port, tmp_path),
+    proc = subprocess.Popen([str(EXE)], env=api_env(etcd.endpoints, port, tmp_path, **env),
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
@@ -56,6 +59,12 @@ def server(etcd, store: Store, tmp_path: Path) -> Iterator[int]:
                 proc.kill()
                 proc.wait(5)
             log.close()
+
+
+@pytest.fixture
+def server(etcd, store: Store, tmp_path: Path) -> Iterator[int]:
+    with running_api(etcd, tmp_path) as port:
+        yield port
 
 
 def call(conn: http.client.HTTPConnection, method: str, path: str, body: Any = None,
@@ -126,3 +135,35 @@ def test_unreachable_etcd_stops_at_start(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"ucloud-api: cannot reach etcd at {dead} (set UCLOUD_ETCD_ENDPOINTS)")
+
+
+def test_metrics_sum_every_worker(etcd, store, tmp_path):
+    """Requests answered by either of the two workers show up in every scrape, whichever
+    worker answers it (prometheus_client's multiprocess mode)."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_1.db").write_bytes(b"stale")  # an earlier run's file is removed at start
+    with running_api(etcd, tmp_path, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)) as port:
+        sent = 0
+        while sent < 400:  # new connections until both workers have answered some
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            assert call(conn, "GET", "/healthz")[0] == 200
+            conn.close()
+            sent += 1
+            pids = {p.name.split("_")[1] for p in metrics_dir.glob("counter_*.db")}
+            if sent >= 20 and len(pids) >= 2:
+                break
+        assert len(pids) == 2, "one worker answered every request"
+        for _ in range(6):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/metrics")
+            response = conn.getresponse()
+            text = response.read().decode()
+            conn.close()
+            assert response.status == 200 and response.getheader("Content-Type").startswith("text/plain")
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for family in text_string_to_metric_families(text) for s in family.samples}
+            key = ("ucloud_api_requests_total", (("endpoint", "/healthz"), ("method", "GET"), ("status", "200")))
+            assert samples[key] == sent
+            assert samples[("ucloud_api_etcd_up", ())] == 1
+    assert not (metrics_dir / "counter_1.db").exists()

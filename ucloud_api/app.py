@@ -17,6 +17,7 @@ from ucloud_common.store import Store
 
 from . import errors, network_routes, routes
 from .auth import Authenticator, CredentialCache
+from .metrics import ApiMetrics
 from .openapi import build_spec
 
 
@@ -32,6 +33,9 @@ def create_app(settings: Settings, *, store: Store | None = None, cache_ttl: flo
     cache = CredentialCache() if cache_ttl is None else CredentialCache(ttl=cache_ttl)
     app.extensions["ucloud"] = routes.ApiContext(settings, store, Authenticator(store, cache), health_store)
     app.extensions["ucloud_openapi"] = build_spec()
+    metrics = ApiMetrics(health_store)  # scrapes read etcd with the short timeout too
+    app.extensions["ucloud_metrics"] = metrics
+    metrics.install(app)
     for blueprint in (routes.vm, network_routes.network, routes.host, routes.meta):
         app.register_blueprint(blueprint)
     errors.register(app)

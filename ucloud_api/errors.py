@@ -17,14 +17,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import grpc
 from flask import Flask, Response, jsonify
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from ucloud_common.accounts import AccountError
 from ucloud_common.models import ModelError
-from ucloud_common.store import Unavailable
+from ucloud_common.store import StoreError, Unavailable
 
+from .metrics import etcd_error
 from .networks import Exhausted
 from .services import InvalidState, NotFound, ServiceError
 
@@ -123,6 +125,7 @@ def register(app: Flask) -> None:
     @app.errorhandler(Unavailable)
     def _unavailable(exc: Unavailable) -> Response:
         log.warning("etcd unavailable: %s", exc)
+        etcd_error(exc)
         response = error_response(503, "the cluster store (etcd) is unavailable; retry later")
         response.headers["Retry-After"] = "5"
         return response
@@ -145,4 +148,6 @@ def register(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Response:
         log.exception("unhandled error")
+        if isinstance(exc, (grpc.RpcError, StoreError)):
+            etcd_error(exc)
         return error_response(500, "internal error (logged on the server)")

@@ -10,11 +10,19 @@ HTTP keep-alive works (gunicorn's sync worker closes every connection).
 The app is created in each worker after the fork (no ``preload_app``), because gRPC
 channels do not survive a fork. The master only checks once that etcd answers, so a
 wrong ``etcd_endpoints`` stops the daemon at start with one clear line.
+
+Metrics: the master prepares ``PROMETHEUS_MULTIPROC_DIR`` before forking (the one
+given in the environment, emptied; else a private temporary directory removed when
+the master exits), so ``/metrics`` from any worker sums all workers (see :mod:`.metrics`).
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import shutil
+import tempfile
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -47,6 +55,7 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
             "proc_name": "ucloud-api",
             "preload_app": False,
             "control_socket_disable": True,  # gunicorn 23+: no shared ~/.gunicorn socket between instances
+            "child_exit": _child_exit,
         }
         for key, value in options.items():
             self.cfg.set(key, value)
@@ -57,10 +66,31 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
         return create_app(self.settings)
 
 
+def _child_exit(server: Any, worker: Any) -> None:
+    from .metrics import worker_exited
+
+    worker_exited(worker.pid)
+
+
+def prepare_metrics_dir() -> None:
+    """Put every worker's metrics in one directory (see the module docstring)."""
+    from .metrics import MULTIPROC_ENV, use_multiprocess_dir
+
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        path = tempfile.mkdtemp(prefix="ucloud-api-metrics-")
+        master = os.getpid()
+        # workers inherit atexit handlers: only the master removes the directory
+        atexit.register(lambda: os.getpid() == master and shutil.rmtree(path, ignore_errors=True))
+    os.makedirs(path, exist_ok=True)
+    use_multiprocess_dir(path)
+
+
 def main() -> None:
     settings = load_or_exit("ucloud-api")
     if settings.api_workers < 1:
         raise SystemExit("ucloud-api: config: api_workers must be at least 1")
     connect_or_exit("ucloud-api", settings).close()
+    prepare_metrics_dir()
     logging.getLogger(__name__).info("serving on %s with %d workers", settings.api_bind, settings.api_workers)
     ApiServer(settings).run()

@@ -96,6 +96,10 @@ OPERATIONS: tuple[Operation, ...] = (
               errors=(400, 401, 403, 405, 413, 415, 500, 503), tag="host"),
     Operation("get", "/healthz", "Health", "200 when etcd answers, else 503.",
               (200, s.Health, "healthy"), auth=False, errors=(503,), tag="meta"),
+    Operation("get", "/metrics", "Prometheus metrics",
+              "Text exposition format: requests by endpoint/method/status, latency histogram, etcd errors "
+              "(summed over all gunicorn workers), and VMs by status / networks read from etcd when scraped.",
+              (200, None, "metrics in the Prometheus text format"), auth=False, errors=(), tag="meta"),
 )
 
 _HEADERS = (

@@ -21,6 +21,7 @@ from ucloud_common.store import Store
 from . import services
 from .auth import Authenticator
 from .errors import ApiError
+from .metrics import metrics_response
 from .schemas import HEADER_IDEMPOTENCY, CreateVM, Credentials, DeleteVM, StatusBody, StatusQuery, VMAction
 
 M = TypeVar("M", bound=BaseModel)
@@ -187,6 +188,11 @@ def list_hosts() -> Response:
 @meta.get("/healthz")
 def healthz() -> Response:
     return reply(services.health(ctx().health_store))
+
+
+@meta.get("/metrics")
+def metrics() -> Response:
+    return metrics_response()
 
 
 @meta.get("/openapi.json")
