@@ -103,7 +103,7 @@ def test_console_attaches_to_a_real_guest(cli, store: Store, guest_for, api_url:
     try:
         seen = read_until(fd, b"Ctrl-] detaches", 30)
         os.write(fd, b"echo tty-$((6*7))\r")
-        seen += read_until(fd, b"tty-42", 60)
+        seen += read_until(fd, b"tty-42", 180)
         os.write(fd, b"\x1d")
         seen += read_until(fd, b"detached", 30)
         _, status = os.waitpid(pid, 0)
