@@ -53,7 +53,8 @@ class Cloud:
     def start_host(self, name: str, **env: str) -> Proc:
         proc = start_vm_daemon(self.endpoints, self.base, name, **env)
         self.daemons[name] = proc
-        wait_for(lambda: self.store.get(alive_key(name)), 60, f"host {name} to be alive")
+        wait_for(lambda: self.store.get(alive_key(name)) and self.store.get(host_key(name)), 60,
+                 f"host {name} to be registered and alive")
         return proc
 
     def paths(self, host: str, vm_id: str) -> VmPaths:
@@ -136,6 +137,13 @@ def test_vm_boots_dies_is_restarted_is_adopted_stops_starts_and_is_deleted(cloud
     wait_status(store, vm_id, VMStatus.RUNNING)
     wait_for(lambda: marker_count(paths) >= 3, BOOT_TIMEOUT, "the marker after the second restart")
 
+    # reboot: the same QEMU, reset: the guest boots again
+    api.action(vm_id, "reboot")
+    vm = wait_for(lambda: (v := record(store, vm_id)) and v.status is VMStatus.RUNNING
+                  and v.events[-1].message == "rebooted" and v, 60, "the reboot")
+    wait_for(lambda: marker_count(paths) >= 4, BOOT_TIMEOUT, "the marker after the reboot")
+    assert qemu_pid(paths) == pid3
+
     # stop: ACPI power button, the guest powers off -> STOPPED; start -> RUNNING with a new QEMU
     api.action(vm_id, "stop")
     vm = wait_status(store, vm_id, VMStatus.STOPPED, 60)
@@ -186,11 +194,25 @@ def test_crash_loop_ends_in_error_and_metrics_count_it(cloud: Cloud) -> None:
     wait_for(lambda: record(store, vm_id) is None, 60, "the ERROR VM to be deleted")
 
 
+def test_a_storage_error_is_the_vms_error_only(cloud: Cloud) -> None:
+    store, api = cloud.store, cloud.api
+    broken = api.create(image="no-such-image")
+    good = api.create()
+    vm = wait_status(store, broken, VMStatus.ERROR, 120)
+    assert vm.reason.startswith("storage:") and "no-such-image" in vm.reason
+    wait_status(store, good, VMStatus.RUNNING, 120)  # the daemon goes on serving the others
+    for vm_id in (broken, good):
+        api.delete(vm_id)
+    for vm_id in (broken, good):
+        wait_for(lambda: record(store, vm_id) is None, 60, "deletion")
+
+
 def test_two_hosts_get_vms_of_their_own_and_a_frozen_host_fences_itself(cloud: Cloud) -> None:
     store, api = cloud.store, cloud.api
     h2 = cloud.start_host("h2", UCLOUD_HOST_LEASE_TTL="3")
-    host = Host.from_json("h2", store.get(host_key("h2")).value)
-    assert host.status is HostStatus.UP and host.capacity.cpu == 8 and host.lease_ttl == 3
+    host = wait_for(lambda: (h := Host.from_json("h2", store.get(host_key("h2")).value)).status is HostStatus.UP
+                    and h, 30, "host h2 to be UP")
+    assert host.capacity.cpu == 8 and host.lease_ttl == 3
     ids = [api.create(), api.create()]
     vms = [wait_status(store, i, VMStatus.RUNNING, 120) for i in ids]
     assert sorted(v.hostname for v in vms) == [host_key("h1"), host_key("h2")]
@@ -200,10 +222,17 @@ def test_two_hosts_get_vms_of_their_own_and_a_frozen_host_fences_itself(cloud: C
     assert pid_h1 and pid_h2
     assert cloud.paths("h1", on["h2"]).dir.exists() is False  # each runs only its own
 
+    # a record removed behind the daemon's back (not through REQUESTED_DELETE): its QEMU is
+    # stopped and what is local to it removed
+    gone = record(store, on["h1"])
+    store.delete(f"/v1/vm/{gone.id}", gone.mod_revision)
+    wait_for(lambda: not process.alive(pid_h1), 60, "the orphaned QEMU to be stopped")
+    wait_for(lambda: not cloud.paths("h1", gone.id).dir.exists(), 30, "its runtime dir to be removed")
+    assert not (cloud.base / "h1" / "disks" / gone.id).exists()
+
     os.kill(h2.pid, signal.SIGSTOP)  # frozen: it can neither renew its lease nor fence itself
     try:
         wait_for(lambda: not process.alive(pid_h2), 30, "the frozen host's VM to be killed")
         assert "FENCING" in h2.log()
-        assert process.alive(pid_h1)  # the other host's VM is untouched
     finally:
         os.kill(h2.pid, signal.SIGCONT)

@@ -115,8 +115,8 @@ class Api:
         assert response.status_code in (200, 201, 202), (path, response.status_code, response.get_json())
         return response.get_json()
 
-    def create(self, ram: str = "128MiB", hdd: str = "1GiB") -> str:
-        return self.post("/vm/create", {"specs": {"cpu": 1, "ram": ram, "hdd": hdd, "ssd": 0}})["id"]
+    def create(self, ram: str = "128MiB", hdd: str = "1GiB", **extra: Any) -> str:
+        return self.post("/vm/create", {"specs": {"cpu": 1, "ram": ram, "hdd": hdd, "ssd": 0}, **extra})["id"]
 
     def status(self, vm_id: str) -> dict[str, Any]:
         response = self.client.get("/vm/status", json={**self.creds, "id": vm_id})

@@ -105,9 +105,9 @@ class VmDaemon:
         image = self._default_image_path()
         self.accel = accel.choose(self.settings.qemu_accel, self.settings.qemu_binary, self.state_dir, image)
         log.info("host %s: QEMU accelerator %s, storage %s", self.name, self.accel, self.backend.name)
+        self.lease.start()  # the alive key first: a new host record never looks like a dead host
         register_host(self.store, self.name, detect_capacity(self.settings), self.settings.host_address,
                       self.settings.host_lease_ttl)
-        self.lease.start()
         self.network.start()
         self.reconciler.start()
         for vm_id in local_vm_ids(self.state_dir):  # adoption, and VMs whose record is gone
@@ -253,7 +253,11 @@ class VmDaemon:
         paths = self.paths(vm_id)
         if action in (Action.NOTHING,):
             if vm is not None and vm.hostname == self.host_key and vm.status is VMStatus.RUNNING:
-                self.sync_nics(vm)
+                try:
+                    self.sync_nics(vm)
+                except QMPError as exc:  # QEMU busy or just died (its watcher tells us then)
+                    log.info("VM %s: NICs not synced yet: %s", vm_id, exc)
+                    return 1.0
             return None
         if action is Action.WAIT:
             if vm is not None and vm.status is VMStatus.REQUESTED_STOP:
