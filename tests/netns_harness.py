@@ -28,6 +28,14 @@ def links(netns: str) -> set[str]:
             if line.strip()}
 
 
+def fdb_peers(netns: str, vxlan: str) -> set[str]:
+    """The ``dst`` addresses of the all-zero forwarding entries of ``vxlan`` in ``netns``."""
+    done = subprocess.run(["bridge", "-n", netns, "fdb", "show", "dev", vxlan], capture_output=True, text=True,
+                          timeout=30)
+    return {line.split(" dst ")[1].split()[0] for line in done.stdout.splitlines()
+            if line.startswith("00:00:00:00:00:00 dst ")}
+
+
 class Underlay:
     """Namespaces ``<prefix>-h1`` .. ``-hN`` on one underlay: a bridge in ``<prefix>-ul``
     (the "switch") and a veth from each host namespace to it, host i at 10.<net>.0.i."""

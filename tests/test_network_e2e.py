@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -35,7 +34,7 @@ from ucloud_vm.nics import qemu_nics
 from ucloud_vm.paths import VmPaths
 from ucloud_vm.qmp import QMP
 
-from netns_harness import Underlay, links
+from netns_harness import Underlay, fdb_peers, links
 from vm_harness import BIN, BOOT_TIMEOUT, MARKER, Proc, record, short_dir, start_scheduler, start_vm_daemon, \
     wait_for, wait_status
 
@@ -119,6 +118,7 @@ class NetCloud:
         shutil.copyfile(guest_image, self.base / "images" / "ucloud-guest.raw")
         self.procs: list[Proc] = []
         self.hosts: dict[str, Proc] = {}
+        self.metrics_ports: dict[str, int] = {}
         self.procs.append(start_scheduler(self.endpoints, self.base))
         self.port = free_port()
         env = {**os.environ, "UCLOUD_ETCD_ENDPOINTS": ",".join(self.endpoints),
@@ -136,12 +136,23 @@ class NetCloud:
 
     def start_host(self, name: str, ram: str) -> None:
         i = int(name[1:]) - 1
+        self.metrics_ports[name] = free_port()
         proc = start_vm_daemon(self.endpoints, self.base, name, UCLOUD_HOST_NETNS=self.underlay.hosts[i],
                                UCLOUD_HOST_ADDRESS=self.underlay.addresses[i], UCLOUD_HOST_RAM=ram,
-                               UCLOUD_VM_RESYNC_SECONDS="5")
+                               UCLOUD_VM_RESYNC_SECONDS="5",
+                               UCLOUD_VM_METRICS_BIND=f"127.0.0.1:{self.metrics_ports[name]}")
         self.procs.append(proc)
         self.hosts[name] = proc
         wait_for(lambda: self.store.get(alive_key(name)), 60, f"host {name} to be alive")
+
+    def metric(self, host: str, line_start: str) -> float:
+        """A sample of the host daemon's Prometheus ``/metrics`` (0 if absent)."""
+        url = f"http://127.0.0.1:{self.metrics_ports[host]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(line_start):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
     def paths(self, host: str, vm_id: str) -> VmPaths:
         return VmPaths.of(self.base / host, vm_id)
@@ -225,6 +236,10 @@ def test_two_hosts_one_network_hotplug_isolation_detach_delete(cloud: NetCloud) 
     assert {bridge_name(n1["vni"]), vxlan_name(n1["vni"]), tap_name(mac_a)} <= links(ns1)
     assert {tap_name(mac_b), tap_name(mac_c), bridge_name(n2["vni"])} <= links(ns2)
     assert not {tap_name(mac_a), tap_name(mac_b)} & links(""), "taps leaked into the root namespace"
+    addr1, addr2 = cloud.underlay.addresses
+    assert fdb_peers(ns1, vxlan_name(n1["vni"])) == {addr2}  # h1 floods N1's traffic to h2 only
+    assert fdb_peers(ns2, vxlan_name(n1["vni"])) == {addr1}
+    assert fdb_peers(ns2, vxlan_name(n2["vni"])) == set()  # nobody else is on N2
 
     for paths, mac in ((pb, mac_b), (pc, mac_c)):  # booted with their NIC, which the guest brought up
         log = wait_for(lambda: booted(paths), BOOT_TIMEOUT, f"VM {paths.vm_id} to boot")
@@ -248,11 +263,16 @@ def test_two_hosts_one_network_hotplug_isolation_detach_delete(cloud: NetCloud) 
 
     # detach B: its NIC is hot-unplugged, its tap is gone, A cannot reach it any more
     alice.ok("/network/detach", {"vmid": vm_b, "network": "n1"})
-    wait_for(lambda: tap_name(mac_b) not in links(ns2), 60, "B's tap to be removed")
+    # B was h2's last VM on N1: N1's bridge and VXLAN go from h2 with B's tap
+    wait_for(lambda: not {tap_name(mac_b), bridge_name(n1["vni"]), vxlan_name(n1["vni"])} & links(ns2), 60,
+             "B's tap and h2's N1 bridge and VXLAN to be removed")
     assert device_id(mac_b) not in qemu_devices(pb)
-    assert bridge_name(n1["vni"]) not in links(ns2)  # B was h2's last VM on N1
+    wait_for(lambda: fdb_peers(ns1, vxlan_name(n1["vni"])) == set(), 30, "h1 to stop flooding N1 to h2")
     assert not con_a.ping(link_local(mac_b), count=2)
     assert record(cloud.store, vm_b).status is VMStatus.RUNNING
+    assert cloud.metric("h1", 'ucloud_vm_nic_hotplugs_total{host="h1",op="plug"}') == 1  # A's NIC
+    assert cloud.metric("h2", 'ucloud_vm_nic_hotplugs_total{host="h2",op="unplug"}') == 1  # B's NIC
+    assert cloud.metric("h2", 'ucloud_vm_network_changes_total{host="h2"}') > 0
 
     # detach A, then delete N1: its bridge and VXLAN are gone on every host
     alice.ok("/network/detach", {"vmid": vm_a, "network": "n1"})
