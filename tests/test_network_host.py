@@ -112,3 +112,13 @@ def test_tap_fd_opened_from_another_namespace(underlay: Underlay) -> None:
     finally:
         os.close(fd)
     assert "NO-CARRIER" in ip("link", "show", "uct000000000001", netns=ns1)
+
+
+def test_host_netns_setting_is_checked(tmp_path) -> None:
+    from ucloud_common.config import ConfigError, load_settings
+
+    assert load_settings(env={"UCLOUD_HOST_NETNS": "h1"}, env_file=tmp_path / "none").host_netns == "h1"
+    with pytest.raises(ConfigError, match="host_netns"):
+        load_settings(env={"UCLOUD_HOST_NETNS": "../etc"}, env_file=tmp_path / "none")
+    with pytest.raises(netns.NetnsError, match="no-such-ns"):
+        netns.open_tap("no-such-ns", "uct000000000009")

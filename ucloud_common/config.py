@@ -218,6 +218,9 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"config: log_level {settings.log_level!r} is not a logging level")
     if settings.host_lease_ttl < 2:
         raise ConfigError("config: host_lease_ttl must be at least 2 seconds")
+    if "/" in settings.host_netns or settings.host_netns in (".", ".."):
+        raise ConfigError(f"config: host_netns {settings.host_netns!r} is not a network namespace name "
+                          f"(as in `ip netns add <name>`)")
 
 
 def replace(settings: Settings, **changes: Any) -> Settings:
