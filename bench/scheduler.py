@@ -197,6 +197,7 @@ def run(store: Store, etcd: EtcdCluster, workdir: Path, hosts: list[Host], vms: 
         "from_launch": end - launched, "placing": (end - counter.first) if counter.first else 0.0,
         "peak_kib": peaks, "transactions": sum(s.get("transactions", 0) for s in stats),
         "conflicts": sum(s.get("conflicts", 0) for s in stats),
+        "shares": [s.get("placements", 0) for s in stats],
         "check": verify(store, hosts, {"cpu": 4.0, "ram": 1.0, "hdd": 1.0, "ssd": 1.0}),
     }
     store.revoke_lease(lease)
@@ -238,7 +239,8 @@ def main() -> None:
                     print(f"{n} scheduler(s): placed {r['placed']}/{args.vms} in {r['from_launch']:.2f} s from launch "
                           f"= {rate:.0f}/s ({rate / raw_b:.2f}x raw batched, {rate / raw1:.2f}x raw single); "
                           f"placing phase {r['placing']:.2f} s = {rate_placing:.0f}/s; "
-                          f"{r['transactions']} txns, {r['conflicts']} conflicts; peak RSS {peaks}; check: {r['check']}")
+                          f"{r['transactions']} txns, {r['conflicts']} conflicts; placed by each: "
+                          f"{'/'.join(str(x) for x in r['shares'])}; peak RSS {peaks}; check: {r['check']}")
         finally:
             etcd.stop()
 

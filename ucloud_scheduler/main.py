@@ -9,6 +9,7 @@ from __future__ import annotations
 from ucloud_common.daemon import connect_or_exit, fail, load_or_exit, stop_event
 
 from .fencing import open_fencer
+from .metrics import MetricsError
 from .placement import Overcommit, Policy, PolicyError, check_batch
 from .scheduler import Scheduler
 
@@ -26,7 +27,9 @@ def main() -> None:
     store = connect_or_exit(NAME, settings)
     scheduler = Scheduler(store, settings, open_fencer(settings))
     try:
-        scheduler.run(stop_event())
+        scheduler.run(stop_event())  # serves /metrics first: a bad bind stops it before anything runs
+    except MetricsError as exc:
+        raise fail(NAME, str(exc)) from None
     finally:
         store.close()
 

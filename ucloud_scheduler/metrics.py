@@ -35,6 +35,10 @@ COUNTERS = (
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+class MetricsError(Exception):
+    """``/metrics`` cannot be served (a bad ``host:port``, or the port is taken)."""
+
+
 class _StatsCollector(Collector):
     def __init__(self, stats: Any, waiting: Callable[[], int]) -> None:
         self.stats = stats
@@ -61,10 +65,13 @@ class SchedulerMetrics:
     def serve(self, bind: str) -> tuple[str, int]:
         """Serve ``/metrics`` on ``bind`` (``host:port``; port 0 picks one); the address used."""
         host, _, port = bind.rpartition(":")
-        if not port.isdigit():
-            raise ValueError(f"scheduler_metrics_bind {bind!r} is not host:port")
-        server, _thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
-                                            registry=self.registry)
+        if not port.isdigit() or int(port) > 65535:
+            raise MetricsError(f"config: scheduler_metrics_bind {bind!r} is not host:port")
+        try:
+            server, _thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
+                                                registry=self.registry)
+        except OSError as exc:
+            raise MetricsError(f"cannot serve /metrics on {bind}: {exc.strerror or exc}") from None
         self.server = server
         address = server.server_address
         return str(address[0]), int(address[1])

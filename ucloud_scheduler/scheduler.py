@@ -36,7 +36,7 @@ from ucloud_common.keys import (ALIVE_PREFIX, ALLOC_PREFIX, HOST_PREFIX, SCHEDUL
                                 host_key, vm_key)
 from ucloud_common.models import HostStatus, VMStatus
 from ucloud_common.reconcile import Reconciler
-from ucloud_common.store import Conflict, Store, StoreError
+from ucloud_common.store import Conflict, Put, Store, StoreError
 
 from .actions import Action, MarkLost, Place, Release, SetReason, TxnBuilder, Unplace, describe
 from .audit import run_audit
@@ -268,10 +268,15 @@ class Scheduler:
         compares, ops = builder.build()
         # Read before the commit: the watch may echo the placement back before txn() returns.
         first_seen = {a.vm.id: self.view.first_seen(a.vm.id) for a in builder.actions if isinstance(a, Place)}
-        revision = self.store.txn(compares, ops)
-        self.stats.transactions += 1
-        vms, allocs = builder.records(revision)
-        self.view.record(vms, allocs)
+        writes = {op.key: op.value for op in ops if isinstance(op, Put)}
+        self.view.expect(writes)
+        try:
+            revision = self.store.txn(compares, ops)
+            self.stats.transactions += 1
+            vms, allocs = builder.records(revision)
+            self.view.record(vms, allocs)
+        finally:
+            self.view.forget(writes)
         self._count(builder.actions, first_seen, self.clock())
         if any(isinstance(a, Release) or (isinstance(a, (Place, Unplace)) and a.source) for a in builder.actions):
             # This freed room, and the watch's echo of our own write will be skipped: wake the waiting.

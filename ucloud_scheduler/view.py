@@ -63,6 +63,7 @@ class ClusterView:
         self._first_seen: dict[str, float] = {}  # VM id -> when it was first seen needing a host
         self._member_order: tuple[str, ...] = (me,)
         self._split: tuple[list[str], list[str]] | None = None  # (preferred, other) host names
+        self._expected: dict[str, bytes] = {}  # key -> value this scheduler is writing right now
 
     # -- applying what etcd says ----------------------------------------------------------
 
@@ -93,6 +94,8 @@ class ClusterView:
                 return None
             if known and entry.mod_revision <= known.mod_revision:
                 return None
+            if self._expected.get(VM_PREFIX + vm_id) == entry.value:
+                return None  # the echo of our own write: record() takes it in without parsing
         vm = VM.from_json(vm_id, entry.value, entry.mod_revision)
         with self._lock:
             known = self.vms.get(vm_id)
@@ -127,6 +130,8 @@ class ClusterView:
                 return CAPACITY
             if known and entry.mod_revision <= known.mod_revision:
                 return None
+            if self._expected.get(ALLOC_PREFIX + name) == entry.value:
+                return None  # our own write (it only adds, or the writer woke the waiting VMs)
         alloc = Allocation.from_json(name, entry.value, entry.mod_revision)
         with self._lock:
             known = self.allocs.get(name)
@@ -216,6 +221,18 @@ class ClusterView:
             limit=self.overcommit.limit(host.capacity), used=total(alloc) if alloc else Specs())
 
     # -- the scheduler's own writes ----------------------------------------------------------
+
+    def expect(self, writes: Mapping[str, bytes]) -> None:
+        """Values about to be written by this scheduler: their watch echo, which may arrive
+        before the transaction returns, is then not parsed (``record`` takes them in)."""
+        with self._lock:
+            self._expected.update(writes)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """The write of ``keys`` is over (recorded, or failed)."""
+        with self._lock:
+            for key in keys:
+                self._expected.pop(key, None)
 
     def record(self, vms: Iterable[VM] = (), allocs: Iterable[Allocation] = (), hosts: Iterable[Host] = ()) -> None:
         """Take in records this scheduler has just written (carrying their new revision)."""
