@@ -107,6 +107,8 @@ def test_network_life_cycle(client, store, alice):
     assert json.loads(store.get(vm_key(vm_id)).value)["networks"] == [{"network": net_id, "mac": mac}]
     assert "attached" in vm.events[-1].message
     assert json.loads(store.get(mac_key(mac)).value) == {"vm": vm_id, "network": net_id}
+    status = client.get(f"/vm/status?id={vm_id}", headers=headers(alice)).json
+    assert status["networks"] == [{"network": net_id, "mac": mac}]
 
     listed = client.get("/network/list", headers=headers(alice)).json["networks"]
     assert [(n["id"], n["name"], n["vni"], n["vms"]) for n in listed] == [(net_id, "backend", vni, [vm_id])]

@@ -207,6 +207,11 @@ class SpecsOut(BaseModel):
     ssd: int | str
 
 
+class NicOut(BaseModel):
+    network: str
+    mac: str
+
+
 class VMOut(BaseModel):
     id: str
     vm_name: str
@@ -218,6 +223,7 @@ class VMOut(BaseModel):
     reason: str = Field(description="why the last thing failed, or why the VM is not placed")
     events: list[EventOut]
     created: float
+    networks: list[NicOut] = Field(description="the VM's NICs: network id and MAC")
 
 
 class VMList(BaseModel):

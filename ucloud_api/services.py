@@ -118,6 +118,7 @@ def vm_view(vm: VM) -> dict[str, Any]:
         "id": vm.id, "vm_name": vm.name, "owner": vm.owner, "status": vm.status.value,
         "hostname": vm.hostname, "specs": vm.specs.to_dict(), "image": vm.image, "reason": vm.reason,
         "events": [e.to_dict() for e in vm.events], "created": vm.created,
+        "networks": [nic.to_dict() for nic in vm.networks],
     }
 
 
