@@ -23,7 +23,8 @@ from cli_harness import (CLI_EXE, api_url, base_env, cli, home, one_error_line, 
 from ucloud_common import accounts
 from ucloud_common.cli import main
 from ucloud_common.cli_config import CliConfigError, merge, parse_file, resolve
-from ucloud_common.cli_wait import GOALS, Outcome, outcome
+from ucloud_common.cli_wait import GOALS, Outcome, outcome, wait_for
+from ucloud_common.client import ApiFailure, Unreachable
 from ucloud_common.config import load_settings
 from ucloud_common.etcd_process import free_port
 from ucloud_common.keys import vm_key
@@ -268,6 +269,27 @@ def test_wait_outcome_for_stop_and_delete():
     assert outcome(GOALS["delete"], None) is Outcome.DONE
     assert outcome(GOALS["delete"], "REQUESTED_DELETE") is Outcome.WAITING
     assert outcome(GOALS["delete"], "ERROR") is Outcome.FAILED
+
+
+def test_wait_retries_an_api_that_cannot_answer_for_a_moment(capsys):
+    """Unit test of the wait loop (a scripted status function stands in for the API)."""
+    answers: list[Any] = [Unreachable("cannot reach the API at http://x (connection refused)"),
+                          ApiFailure(503, "etcd is unavailable", "unavailable"),
+                          {"id": "v", "status": "RUNNING", "hostname": "/v1/host/h", "reason": ""}]
+
+    def status_of(vm_id: str) -> dict[str, Any]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert wait_for(status_of, "v", GOALS["create"], timeout=30, interval=0.01)["status"] == "RUNNING"
+    err = capsys.readouterr().err
+    assert "(connection refused); retrying" in err and "etcd is unavailable" in err and "RUNNING on h" in err
+
+    answers[:] = [ApiFailure(401, "unknown user or wrong seed", "unauthorized")]  # not transient: fails at once
+    with pytest.raises(ApiFailure):
+        wait_for(status_of, "v", GOALS["create"], timeout=30, interval=0.01)
 
 
 # -- errors ----------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ The decision is pure (:func:`outcome`: a goal and the status just seen -> done, 
 or keep waiting); :func:`wait_for` polls ``/vm/status`` and shows each new state
 as a line under a live spinner (rich), so the user sees ``REQUESTED_NEW ->
 SCHEDULED_DEPLOY -> RUNNING`` as it happens. A VM that is gone (404) is what a
-delete waits for. ``KILLED`` is not a failure: the vm daemon restarts it; ``ERROR``
+delete waits for. An API that cannot answer for a moment (refused, 5xx) is retried
+until the timeout: a wait of minutes should outlive an API restart. ``KILLED`` is not a failure: the vm daemon restarts it; ``ERROR``
 and ``HOST_LOST`` are, and the VM's ``reason`` says why.
 """
 
@@ -18,7 +19,7 @@ from typing import Any, Callable
 from rich.markup import escape
 
 from .cli_output import console, host_of, styled_status
-from .client import ApiFailure, ClientError
+from .client import ApiFailure, ClientError, Unreachable
 
 FAILED_STATES = frozenset({"ERROR", "HOST_LOST"})
 GONE = None  # the status of a VM that no longer exists
@@ -63,13 +64,21 @@ class WaitFailed(ClientError):
     """The VM failed, vanished or took too long; the message says which and why."""
 
 
+class Transient(Exception):
+    """The API could not answer this time (unreachable, or a 5xx such as etcd unavailable)."""
+
+
 def _read(status_of: Callable[[str], dict[str, Any]], vm_id: str) -> dict[str, Any] | None:
     try:
         return status_of(vm_id)
     except ApiFailure as exc:
         if exc.status == 404:
             return None
+        if exc.status >= 500:
+            raise Transient(str(exc)) from None
         raise
+    except Unreachable as exc:
+        raise Transient(str(exc)) from None
 
 
 def wait_for(status_of: Callable[[str], dict[str, Any]], vm_id: str, goal: Goal, timeout: float,
@@ -82,7 +91,16 @@ def wait_for(status_of: Callable[[str], dict[str, Any]], vm_id: str, goal: Goal,
     record: dict[str, Any] | None = None
     with out.status(f"waiting for VM {vm_id} to be {goal.description}", spinner="dots") as spinner:
         while True:
-            record = _read(status_of, vm_id)
+            try:
+                record = _read(status_of, vm_id)
+            except Transient as exc:  # a long wait outlives an API restart or an etcd election
+                if time.monotonic() - start > timeout:
+                    raise WaitFailed(f"timed out after {timeout:g} s waiting for VM {vm_id}: {exc}") from None
+                if not quiet and (None, str(exc)) != last:
+                    out.print(f"{time.monotonic() - start:6.1f}s  [yellow]{escape(str(exc))}; retrying[/]")
+                last = (None, str(exc))
+                time.sleep(max(interval, 1.0))
+                continue
             status = None if record is None else record["status"]
             reason = (record or {}).get("reason") or ""
             if (status, reason) != last:
