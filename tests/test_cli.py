@@ -138,6 +138,12 @@ def test_vm_create_list_status_delete(cli, store: Store):
     assert store.get(vm_key(vm_id)) is None
     assert json.loads(cli("vm", "list", "--json").stdout) == []
 
+    other = cli("vm", "create", "--image", "debian-12", "--ssd", "2GiB", "--json")
+    assert other.exit_code == 0
+    other_id = json.loads(other.stdout)["id"]
+    vm = VM.from_json(other_id, store.get(vm_key(other_id)).value)
+    assert (vm.image, vm.specs.ssd, vm.specs.cpu) == ("debian-12", 2 * 2**30, 1)
+
 
 def test_vm_actions_set_the_requested_status(cli, store: Store):
     vm_id = cli("vm", "create", "--ram", "128MiB").stdout.strip()
