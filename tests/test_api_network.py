@@ -18,7 +18,7 @@ import pytest
 from ucloud_api import create_app, networks, services
 from ucloud_common import accounts
 from ucloud_common.keys import MAC_PREFIX, NETWORK_PREFIX, VXLAN_PREFIX, mac_key, network_key, vm_key, vxlan_key
-from ucloud_common.models import VM, Network, VMStatus
+from ucloud_common.models import VM, ModelError, Network, VMStatus
 from ucloud_common.store import Store
 
 MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
@@ -346,3 +346,14 @@ def test_pure_helpers():
     assert networks.pick_free((1, 3), {1, 2, 3}) is None
     assert networks.check_prefix("p", "fd00:1:0::/64", 6) == "fd00:1::/64"
     assert networks.check_prefix("p", None, 4) == ""
+
+
+def test_network_record_round_trip():
+    net = Network(id="n1", owner="r1/alice", name="web", vni=42, ipv6_prefix="fd00::/64", created=1.5,
+                  attached={"vm1": "02:00:00:00:00:01"})
+    data = {**net.to_dict(), "future_field": {"kept": True}}
+    again = Network.from_json("n1", json.dumps(data), mod_revision=7)
+    assert again.to_dict() == data and again.mod_revision == 7 and again.attached == {"vm1": "02:00:00:00:00:01"}
+    for bad in ({"vni": 0}, {"vni": 2**24}, {"vni": "5"}, {"owner": None}, {"attached": ["vm1"]}):
+        with pytest.raises(ModelError):
+            Network.from_dict("n1", {**net.to_dict(), **bad})
