@@ -35,6 +35,8 @@ _LOADER_VARS = {"UCLOUD_CONFIG", "UCLOUD_ENV_FILE"}
 # Variables of the `ucloud` CLI (ucloud_common/cli_config.py), not settings: a user who exports
 # them must still be able to run the daemons and `ucloud admin`.
 _LOADER_VARS |= {"UCLOUD_API_URL", "UCLOUD_REALM", "UCLOUD_NAME", "UCLOUD_SEED", "UCLOUD_CLI_CONFIG"}
+# Variables of `make up` (ucloud_common/devcloud.py): where the dev cloud keeps its data, its etcd port.
+_LOADER_VARS |= {"UCLOUD_DEV_DIR", "UCLOUD_DEV_ETCD_PORT"}
 
 
 class ConfigError(ValueError):
