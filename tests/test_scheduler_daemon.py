@@ -184,7 +184,7 @@ def test_unplaceable_vm_gets_a_reason_then_is_placed_when_a_big_host_registers(
     register_host(store, "small1", Specs(2, 2 * GB, 20 * GB, 0), lease)
     # A dead host (no liveness key) that was marked DOWN: big, but of no use.
     store.put(host_key("down0"), Host("down0", Specs(64, 256 * GB, 2000 * GB, 0), HostStatus.DOWN).to_json())
-    scheduler = start_scheduler()
+    scheduler = start_scheduler(scheduler_resync_seconds=3600)  # no periodic re-list: only events help
     big = create_vm(store, small(cpu=2, ram_gb=8, hdd_gb=50))
     waiting = wait_for("a reason", lambda: read_vm(store, big.id).reason)
     assert waiting == "no host fits: 2 lack ram and hdd, 1 is down"
@@ -261,6 +261,29 @@ def test_dead_host_shared_and_diskless_vms_move_after_the_ttl_local_ones_are_los
     store.put(alive_key("dying"), b"{}", lease=back)
     wait_for("the host marked UP again", lambda: read_hosts(store)["dying"].status is HostStatus.UP)
     store.revoke_lease(back)
+
+
+def test_vm_of_a_dead_host_waits_with_a_reason_when_no_live_host_has_room(
+        store: Store, lease: int, start_scheduler) -> None:
+    dying_lease = store.grant_lease(2)
+    register_host(store, "dying", Specs(8, 16 * GB, 100 * GB, 0), dying_lease, lease_ttl=2)
+    register_host(store, "tiny", Specs(1, 1 * GB, 5 * GB, 0), lease)
+    vm = create_vm(store, small(cpu=2, ram_gb=4), status=VMStatus.RUNNING, storage="rbd",
+                   hostname=host_key("dying"))
+    clock = ManualClock()
+    start_scheduler(clock=clock, scheduler_resync_seconds=3600)
+    wait_for("the dying host marked DOWN", lambda: read_hosts(store)["dying"].status is HostStatus.DOWN,
+             timeout=30)
+    clock.advance(2.1)
+    waiting = wait_for("the VM back to waiting",
+                       lambda: (v := read_vm(store, vm.id)).status is VMStatus.REQUESTED_NEW and v)
+    assert waiting.hostname == "" and waiting.reason == "no host fits: 1 is down, 1 lacks ram and hdd"
+    assert waiting.events[-1].message == "host dying is dead; waiting for room elsewhere"
+    assert "dying" not in read_allocs(store) or not read_allocs(store)["dying"].vms  # its promise released
+    register_host(store, "roomy", Specs(8, 16 * GB, 100 * GB, 0), lease)
+    moved = wait_for("placed on the new host", lambda: placed(v := read_vm(store, vm.id)) and v)
+    assert moved.host_name == "roomy"
+    check_allocations(store)
 
 
 def test_audit_rewrites_allocations_that_differ_from_the_vms(store: Store, lease: int, start_scheduler) -> None:
