@@ -148,7 +148,27 @@ def test_make_up_runs_a_cloud_that_boots_a_vm_and_make_down_leaves_nothing(devcl
     assert deleted.status_code == 202, deleted.text
     wait_status(api, creds, vm_id, "gone")
 
-    # A second VM is left running on purpose: `make down` must stop its QEMU too.
+    # The CLI, configured by nothing but the credentials file `make up` wrote.
+    ucloud = [str(Path(PROJECT_DIR) / ".venv" / "bin" / "ucloud"), "--config",
+              str(Path(devcloud["base"]) / "credentials.json")]
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("UCLOUD_")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*ucloud, *args], env=cli_env, text=True, capture_output=True, timeout=400,
+                              check=False)
+
+    made = cli("vm", "create", "--cpu", "1", "--ram", "256MiB", "--hdd", "1GB", "--wait", "--json")
+    assert made.returncode == 0, made.stdout + made.stderr
+    cli_vm = json.loads(made.stdout)
+    assert cli_vm["status"] == "RUNNING", cli_vm
+    listed = cli("vm", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert cli_vm["id"] in [vm["id"] for vm in json.loads(listed.stdout)]
+    gone = cli("vm", "delete", cli_vm["id"], "--wait")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    wait_status(api, creds, cli_vm["id"], "gone", timeout=30)
+
+    # A last VM is left running on purpose: `make down` must stop its QEMU too.
     second = requests.post(f"{api}/vm/create", json={**creds, "specs": {"cpu": 1, "ram": "256MiB",
                                                                          "hdd": "1GB", "ssd": 0}}, timeout=10)
     assert second.status_code == 201, second.text
