@@ -133,20 +133,26 @@ def start_scheduler(endpoints: tuple[str, ...], workdir: Path, batch: int, candi
     return proc
 
 
-def stop_and_measure(proc: subprocess.Popen) -> int:
-    """SIGTERM the scheduler, reap it with wait4, return its peak RSS in KiB."""
+def stop_and_measure(proc: subprocess.Popen) -> tuple[int, float]:
+    """SIGTERM the scheduler, reap it with wait4: its peak RSS in KiB and CPU seconds used."""
     proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         pid, _status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid == proc.pid:
             proc.returncode = 0  # reaped here; keep Popen from waiting again
-            return usage.ru_maxrss
+            return usage.ru_maxrss, usage.ru_utime + usage.ru_stime
         time.sleep(0.05)
     proc.kill()
     _pid, _status, usage = os.wait4(proc.pid, 0)
     proc.returncode = -9
-    return usage.ru_maxrss
+    return usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a running process has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _final_stats(log: Path) -> dict[str, int]:
@@ -185,17 +191,22 @@ def run(store: Store, etcd: EtcdCluster, workdir: Path, hosts: list[Host], vms: 
     put_all(store, [(vm_key(vm.id), vm.to_json()) for vm in vms])
     start_revision = store.revision() + 1
     counter = Counter_(store, start_revision, len(vms))
+    etcd_pid = etcd.members[0].pid or 0
+    etcd_cpu = cpu_seconds(etcd_pid)
     launched = time.perf_counter()
     procs = [start_scheduler(etcd.endpoints, workdir, batch, candidates, i, log_level) for i in range(schedulers)]
     finished = counter.done.wait(timeout)
     end = counter.last if finished else time.perf_counter()
-    peaks = [stop_and_measure(p) for p in procs]
+    etcd_cpu = cpu_seconds(etcd_pid) - etcd_cpu
+    measured = [stop_and_measure(p) for p in procs]
+    peaks = [m[0] for m in measured]
     counter.stop()
     stats = [_final_stats(workdir / f"scheduler{i}.log") for i in range(schedulers)]
     result = {
         "schedulers": schedulers, "batch": batch, "placed": len(counter.placed), "finished": finished,
         "from_launch": end - launched, "placing": (end - counter.first) if counter.first else 0.0,
         "peak_kib": peaks, "transactions": sum(s.get("transactions", 0) for s in stats),
+        "cpu": sum(m[1] for m in measured), "etcd_cpu": etcd_cpu,
         "conflicts": sum(s.get("conflicts", 0) for s in stats),
         "shares": [s.get("placements", 0) for s in stats],
         "check": verify(store, hosts, {"cpu": 4.0, "ram": 1.0, "hdd": 1.0, "ssd": 1.0}),
@@ -241,6 +252,10 @@ def main() -> None:
                           f"placing phase {r['placing']:.2f} s = {rate_placing:.0f}/s; "
                           f"{r['transactions']} txns, {r['conflicts']} conflicts; placed by each: "
                           f"{'/'.join(str(x) for x in r['shares'])}; peak RSS {peaks}; check: {r['check']}")
+                    wall = r["from_launch"]
+                    print(f"   CPU from launch to the last placement: schedulers {r['cpu']:.1f} s "
+                          f"(incl. start-up and stop), etcd {r['etcd_cpu']:.1f} s, over {wall:.1f} s wall "
+                          f"on {os.cpu_count()} cores")  # type: ignore[str-format]
         finally:
             etcd.stop()
 
