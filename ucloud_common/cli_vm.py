@@ -62,12 +62,14 @@ def create(cpu: int, ram: str, hdd: str, ssd: str, image: str | None, label: str
     specs = {"cpu": cpu, "ram": ram, "hdd": hdd, "ssd": ssd}
     # One key per invocation: a retry of this request (by requests or a proxy) makes no second VM.
     vm_id = client.vm_create(specs, image=image, vm_name=label, idempotency_key=str(uuid.uuid4()))
-    if not wait:
-        print_json({"id": vm_id}) if as_json else click.echo(vm_id)
-        return
-    console(stderr=True).print(f"created VM {vm_id}")
-    record = wait_for(client.vm_status, vm_id, GOALS["create"], timeout)
-    print_json(record) if as_json else click.echo(vm_id)
+    record: Any = {"id": vm_id}
+    if wait:
+        console(stderr=True).print(f"created VM {vm_id}")
+        record = wait_for(client.vm_status, vm_id, GOALS["create"], timeout)
+    if as_json:
+        print_json(record)  # with --wait: the VM as it is once RUNNING
+    else:
+        click.echo(vm_id)
 
 
 @vm.command("list")
