@@ -66,6 +66,21 @@ def test_reconcile_creates_idempotently_and_removes_when_unused(underlay: Underl
     assert links(ns1) == {"lo", "ul0"}
 
 
+def test_a_tap_still_held_by_qemu_is_cut_off_then_removed(underlay: Underlay) -> None:
+    ns1 = underlay.hosts[0]
+    net = HostNetwork(ns1, UnderlaySpec(underlay.addresses[0], 4789))
+    net.reconcile(host_desired("h1", [VmNics("a", "h1", (("n1", MAC1),))], underlay))
+    fd = netns.open_tap(ns1, tap_name(MAC1))  # as QEMU holds it
+    try:
+        net.reconcile(host_desired("h1", [], underlay), held={tap_name(MAC1)})
+        assert links(ns1) == {"lo", "ul0", tap_name(MAC1)}
+        assert "master" not in ip("link", "show", tap_name(MAC1), netns=ns1)
+    finally:
+        os.close(fd)
+    net.reconcile(host_desired("h1", [], underlay))
+    assert links(ns1) == {"lo", "ul0"}
+
+
 def _veth_end(host_ns: str, bridge: str, name: str, address: str) -> None:
     """A stand-in VM NIC: a veth on the bridge, its other end in a namespace of its own."""
     ip("netns", "add", name)

@@ -93,6 +93,16 @@ def test_plan(desired, actual, steps) -> None:
     assert plan(desired, actual, UNDER) == steps
 
 
+def test_plan_takes_a_held_tap_off_its_bridge_and_removes_it_later() -> None:
+    actual = _converged()
+    # the guest has not released the NIC: cut off at once, the tap stays for its QEMU
+    assert plan(Desired(), actual, UNDER, held={T1}) == [
+        Step("unbridge", T1), Step("delete", "ucvx7"), Step("delete", "ucbr7")]
+    after = Actual({}, {}, {T1: TapState("")})
+    assert plan(Desired(), after, UNDER, held={T1}) == []
+    assert plan(Desired(), after, UNDER) == [Step("delete", T1)]  # released: removed
+
+
 def test_plan_without_removals_only_creates() -> None:
     actual = Actual({"ucbr9": True}, {}, {tap_name(MAC2): TapState("ucbr9")})
     steps = plan(_desired(), actual, UNDER, removals=False)

@@ -145,8 +145,8 @@ class NetworkAgent:
             self.metrics.errors.inc()
             raise
 
-    def _reconcile(self, desired: Desired, removals: bool = True) -> None:
-        self.metrics.steps.inc(len(self.net.reconcile(desired, removals=removals)))
+    def _reconcile(self, desired: Desired, removals: bool = True, held: Iterable[str] = ()) -> None:
+        self.metrics.steps.inc(len(self.net.reconcile(desired, removals=removals, held=held)))
 
     def _sync_nics(self, vm_id: str, wanted: list[TapSpec]) -> None:
         changes = nics.sync(str(VmPaths.of(self.state_dir, vm_id).qmp), self.netns, wanted)
@@ -161,10 +161,19 @@ class NetworkAgent:
                 log.debug("network: %s", reason)
             self._reconcile(desired, removals=False)
             ok = True
+            held: set[str] = set()
             for vm_id in self._local_vm_ids(desired):
                 if self._qemu_running(vm_id):
-                    ok = self._sync_qemu(vm_id, desired.taps_of(vm_id)) and ok
-            self._reconcile(desired)
+                    try:
+                        self._sync_nics(vm_id, desired.taps_of(vm_id))
+                    except nics.NicError as exc:
+                        log.info("VM %s: %s", vm_id, exc)
+                        held |= exc.held
+                        ok = False
+                    except Exception as exc:  # noqa: BLE001 - one VM must not stop the rest
+                        log.warning("VM %s: NICs not in sync yet: %s", vm_id, exc)
+                        ok = False
+            self._reconcile(desired, held=held)
             return ok
 
     def _local_vm_ids(self, desired: Desired) -> set[str]:
@@ -174,14 +183,6 @@ class NetworkAgent:
         if vms_dir.is_dir():
             ids |= {p.name for p in vms_dir.iterdir() if p.is_dir()}
         return ids
-
-    def _sync_qemu(self, vm_id: str, wanted: list[TapSpec]) -> bool:
-        try:
-            self._sync_nics(vm_id, wanted)
-            return True
-        except Exception as exc:  # noqa: BLE001 - one VM must not stop the rest
-            log.warning("VM %s: NICs not in sync yet: %s", vm_id, exc)
-            return False
 
     # -- hooks for the vm daemon --------------------------------------------------------------
 
@@ -195,8 +196,12 @@ class NetworkAgent:
 
     def sync_vm(self, vm: VM) -> None:
         """Hot-plug/unplug a running VM's NICs to match ``vm.networks`` (raises to be retried)."""
-        with self._lock:
-            desired = self.desired(override=vm)
-            self._reconcile(desired, removals=False)
-            self._sync_nics(vm.id, desired.taps_of(vm.id))
-        self.reconciler.queue.add(QUEUE_KEY)  # removals (a tap whose NIC just went) in the loop
+        try:
+            with self._lock:
+                desired = self.desired(override=vm)
+                self._reconcile(desired, removals=False)
+                self._sync_nics(vm.id, desired.taps_of(vm.id))
+        except nics.NicError as exc:  # an unplug the guest has not acknowledged: the loop retries
+            log.info("VM %s: %s", vm.id, exc)
+        finally:
+            self.reconciler.queue.add(QUEUE_KEY)  # removals (a tap whose NIC just went) in the loop

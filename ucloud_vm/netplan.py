@@ -221,7 +221,7 @@ class Actual:
 class Step:
     """One change to the kernel's state. ``op`` is one of the names below."""
 
-    op: str  # add_bridge | add_vxlan | add_tap | set_master | set_up | fdb_add | fdb_del | delete
+    op: str  # add_bridge | add_vxlan | add_tap | set_master | set_up | fdb_add | fdb_del | unbridge | delete
     ifname: str
     vni: int = 0
     master: str = ""
@@ -229,7 +229,7 @@ class Step:
 
     @property
     def removes(self) -> bool:
-        return self.op in ("delete", "fdb_del")
+        return self.op in ("delete", "fdb_del", "unbridge")
 
     def __str__(self) -> str:
         extra = " ".join(f"{k}={v}" for k, v in (("vni", self.vni), ("master", self.master),
@@ -237,12 +237,15 @@ class Step:
         return f"{self.op} {self.ifname}" + (f" {extra}" if extra else "")
 
 
-def plan(desired: Desired, actual: Actual, underlay: Underlay, removals: bool = True) -> list[Step]:
+def plan(desired: Desired, actual: Actual, underlay: Underlay, removals: bool = True,
+         held: Iterable[str] = ()) -> list[Step]:
     """The steps from ``actual`` to ``desired``: creations first (bridges, then VXLANs,
     then taps), removals last (taps, then VXLANs, then bridges). Empty when converged.
 
     ``removals=False`` leaves out the removals (a VXLAN whose parameters changed is
-    still replaced: it is needed as desired)."""
+    still replaced: it is needed as desired). ``held`` names unwanted taps that a QEMU
+    still holds (its guest has not released the NIC yet): they are only taken off their
+    bridge, so the VM is cut off at once, and removed in a later pass."""
     adds: list[Step] = []
     removes: list[Step] = []
     for name, spec in sorted(desired.bridges.items()):
@@ -279,7 +282,14 @@ def plan(desired: Desired, actual: Actual, underlay: Underlay, removals: bool = 
     if not removals:
         return adds
     wanted_vxlans = {spec.vxlan for spec in desired.bridges.values()}
-    removes += [Step("delete", name) for name in sorted(actual.taps) if name not in desired.taps]
+    held = set(held)
+    for name, tap_state in sorted(actual.taps.items()):
+        if name in desired.taps:
+            continue
+        if name not in held:
+            removes.append(Step("delete", name))
+        elif tap_state.master:
+            removes.append(Step("unbridge", name))
     removes += [Step("delete", name) for name in sorted(actual.vxlans) if name not in wanted_vxlans]
     removes += [Step("delete", name) for name in sorted(actual.bridges) if name not in desired.bridges]
     return adds + removes

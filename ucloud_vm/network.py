@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from typing import Any
+from typing import Any, Iterable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -134,6 +134,10 @@ class HostNetwork:
             netns.create_tap(self.netns, name)
         elif op == "set_master":
             ipr.link("set", index=self._index(ipr, name), master=self._index(ipr, step.master))
+        elif op == "unbridge":
+            found = ipr.link_lookup(ifname=name)
+            if found:
+                ipr.link("set", index=int(found[0]), master=0)
         elif op == "set_up":
             ipr.link("set", index=self._index(ipr, name), state="up")
         elif op == "fdb_add":
@@ -151,15 +155,16 @@ class HostNetwork:
 
     # -- converge -------------------------------------------------------------------------
 
-    def reconcile(self, desired: Desired, *, removals: bool = True) -> list[Step]:
+    def reconcile(self, desired: Desired, *, removals: bool = True, held: Iterable[str] = ()) -> list[Step]:
         """Bring the namespace to ``desired``; returns the steps taken (none when converged).
 
         ``removals=False`` only creates (used before a VM starts, when the rest of the
-        host's state may be older than the VM's record)."""
+        host's state may be older than the VM's record); ``held`` taps are taken off
+        their bridge instead of removed (see :func:`~ucloud_vm.netplan.plan`)."""
         with self._lock:
             ipr = self._ipr()
             try:
-                steps = plan(desired, self.observe(ipr), self.underlay, removals)
+                steps = plan(desired, self.observe(ipr), self.underlay, removals, held)
                 self.apply(steps, ipr)
                 return steps
             finally:

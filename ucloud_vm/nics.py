@@ -31,12 +31,19 @@ from .qmp import QMP, QMPError
 
 log = logging.getLogger(__name__)
 
-UNPLUG_TIMEOUT = 20.0  # seconds for a guest to release a device after device_del
+UNPLUG_WAIT = 5.0  # seconds to wait for a guest to release a device (after that: the next pass)
 _INFO_LINE = re.compile(r"^\s*(?:\\ )?([A-Za-z][\w.-]*): index=\d+,type=(\w+)")
 
 
 class NicError(Exception):
-    """QEMU's NICs could not be brought to what the record says (tried again later)."""
+    """QEMU's NICs could not be brought to what the record says (tried again later).
+
+    ``held``: taps of NICs being unplugged that the QEMU still holds (the guest has not
+    released them yet); they must not be removed yet."""
+
+    def __init__(self, message: str, held: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.held = frozenset(held)
 
 
 def open_fds(netns: str, taps: Iterable[TapSpec]) -> list[tuple[TapSpec, int]]:
@@ -90,9 +97,11 @@ def _send_fd(qmp: QMP, name: str, fd: int) -> None:
 
 
 def sync(qmp_path: str, netns: str, wanted: Iterable[TapSpec], timeout: float = 5.0,
-         unplug_timeout: float = UNPLUG_TIMEOUT) -> NicChanges:
+         unplug_wait: float = UNPLUG_WAIT) -> NicChanges:
     """Bring the running QEMU at ``qmp_path`` to exactly the NICs ``wanted``; returns what
-    it changed. Raises :class:`NicError` (or QMPError) when it could not, to be retried."""
+    it changed. Raises :class:`NicError` (or QMPError) when it could not, to be retried:
+    a device the guest has not released within ``unplug_wait`` keeps its backend (and
+    tap) until a later call finds it gone."""
     with QMP(qmp_path, timeout).connect(wait=timeout) as qmp:
         devices, netdevs = qemu_nics(qmp)
         changes = nic_changes(wanted, devices, netdevs)
@@ -105,14 +114,16 @@ def sync(qmp_path: str, netns: str, wanted: Iterable[TapSpec], timeout: float = 
                 if "not found" not in str(exc).lower():
                     raise
             log.info("QMP %s: device_del %s", qmp_path, dev)
-        if changes.unplug:
-            deadline = time.monotonic() + unplug_timeout
-            while set(changes.unplug) & qemu_nics(qmp)[0]:
-                if time.monotonic() >= deadline:
-                    raise NicError(f"the guest did not release {', '.join(changes.unplug)} within "
-                                   f"{unplug_timeout:g}s")
-                time.sleep(0.2)
+        remaining = set(changes.unplug)
+        deadline = time.monotonic() + unplug_wait
+        while remaining:
+            remaining &= qemu_nics(qmp)[0]
+            if not remaining or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
         for net in changes.drop:
+            if "nic" + net[3:] in remaining:
+                continue  # its device is still there: the backend stays with it
             qmp.execute("netdev_del", {"id": net})
             log.info("QMP %s: netdev_del %s", qmp_path, net)
         for tap, fd in open_fds(netns, changes.add_netdevs):
@@ -131,4 +142,7 @@ def sync(qmp_path: str, netns: str, wanted: Iterable[TapSpec], timeout: float = 
             qmp.execute("device_add", {"driver": "virtio-net-pci", "id": device_id(tap.mac),
                                        "netdev": netdev_id(tap.mac), "mac": tap.mac})
             log.info("QMP %s: device_add %s (mac %s)", qmp_path, device_id(tap.mac), tap.mac)
+        if remaining:
+            raise NicError(f"the guest has not released {', '.join(sorted(remaining))} yet",
+                           held=("uct" + dev[3:] for dev in remaining))
         return changes
