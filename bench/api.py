@@ -12,7 +12,10 @@ concurrency measures for ``--seconds`` each:
   ``GET /vm/status?id=`` (credentials in headers), N client threads, each with its own
   keep-alive HTTP connection.
 
-It prints requests/s, p50 and p99 latency, and the ratios create/put and status/get.
+It prints requests/s, p50 and p99 latency, the ratios create/put and status/get, and
+where the CPU went: ms of CPU per request in the client threads (this process),
+in ucloud-api (master + workers) and in etcd — on a small machine the three share the
+cores, so at high concurrency throughput is CPU per request, and latency is queueing.
 Aims (issue 3): create >= 30% of raw puts/s; status p99 < 20 ms at 32 clients.
 Everything it starts is stopped by pid; every loop is bounded by time.
 """
@@ -41,6 +44,45 @@ from ucloud_common.etcd_process import EtcdCluster, free_port  # noqa: E402
 from ucloud_common.keys import VM_PREFIX, name_from_key  # noqa: E402
 from ucloud_common.models import VM, Specs  # noqa: E402
 from ucloud_common.store import Store  # noqa: E402
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time used so far by ``pids`` (from /proc; 0 for a pid that is gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (gunicorn's workers), found through /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return children
+
+
+class CpuMeter:
+    """CPU ms per request spent in this process (the clients), ucloud-api and etcd during a run."""
+
+    def __init__(self, api_pids: list[int], etcd_pids: list[int]) -> None:
+        self.groups = {"client": [os.getpid()], "api": api_pids, "etcd": etcd_pids}
+
+    def snapshot(self) -> dict[str, float]:
+        return {name: cpu_seconds(pids) for name, pids in self.groups.items()}
+
+    @staticmethod
+    def per_request(before: dict[str, float], after: dict[str, float], ops: int) -> dict[str, float]:
+        return {name: (after[name] - before[name]) * 1000 / max(ops, 1) for name in before}
 
 
 def run_clients(concurrency: int, seconds: float, make_worker: Callable[[int], Callable[[], None]]) -> dict:
@@ -158,6 +200,14 @@ def main() -> None:
             for _ in range(64):
                 warm()
             ids = [name_from_key(e.key, VM_PREFIX) for e in store.list(VM_PREFIX)[0]]
+            meter = CpuMeter([api.proc.pid, *child_pids(api.proc.pid)],
+                             [m.pid for m in cluster.members if m.pid])
+
+            def measure(c: int, make_worker: Callable[[int], Callable[[], None]]) -> dict:
+                before = meter.snapshot()
+                stats = run_clients(c, args.seconds, make_worker)
+                stats["cpu"] = meter.per_request(before, meter.snapshot(), stats["ops"])
+                return stats
 
             rows = []
             for c in levels:
@@ -177,10 +227,10 @@ def main() -> None:
                     path = f"/vm/status?id={ids[i % len(ids)]}"
                     return http_worker(api.port, "GET", lambda: path, None, auth_headers, 200)
 
-                put = run_clients(c, args.seconds, put_worker)
-                create = run_clients(c, args.seconds, create_worker)
-                get = run_clients(c, args.seconds, get_worker)
-                status = run_clients(c, args.seconds, status_worker)
+                put = measure(c, put_worker)
+                create = measure(c, create_worker)
+                get = measure(c, get_worker)
+                status = measure(c, status_worker)
                 rows += [(c, "etcd put", put, None), (c, "POST /vm/create", create, create["rps"] / put["rps"]),
                          (c, "etcd get", get, None), (c, "GET /vm/status", status, status["rps"] / get["rps"])]
             store.close()
@@ -191,10 +241,15 @@ def main() -> None:
 
     print(f"ucloud-api benchmark: gunicorn {args.workers} workers, {args.seconds:.0f} s per row, "
           f"{os.cpu_count()} cores (clients, api and etcd share them)")
-    print(f"{'clients':>7} {'operation':<16} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'vs raw etcd':>11}")
+    print(f"{'clients':>7} {'operation':<16} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+          f"{'vs raw etcd':>11}   CPU ms/request: {'client':>6} {'api':>6} {'etcd':>6}")
     for c, name, r, ratio in rows:
         vs = f"{ratio * 100:.0f}%" if ratio is not None else ""
-        print(f"{c:>7} {name:<16} {r['rps']:>8.0f} {r['p50']:>7.2f} {r['p99']:>7.2f} {r['errors']:>6} {vs:>11}")
+        cpu = r["cpu"]
+        print(f"{c:>7} {name:<16} {r['rps']:>8.0f} {r['p50']:>7.2f} {r['p99']:>7.2f} {r['errors']:>6} {vs:>11}   "
+              f"{'':>15} {cpu['client']:>6.2f} {cpu['api']:>6.2f} {cpu['etcd']:>6.2f}")
+    load = os.getloadavg()[0]
+    print(f"load average at the end: {load:.1f} on {os.cpu_count()} cores (other work on the machine skews the figures)")
     for c, name, r, ratio in rows:
         if name == "POST /vm/create":
             print(f"aim create >= 30% of raw puts/s at {c} clients: {'met' if ratio >= 0.30 else 'NOT met'} ({ratio:.0%})")
