@@ -9,7 +9,9 @@ follows all three prefixes, and every change (and every resync) queues the one k
 ``host-network``: one idempotent :meth:`NetworkAgent.converge` recomputes the whole
 desired state from the cache (:func:`netplan.desired_state`), creates what is missing,
 hot-plugs and unplugs the NICs of the VMs running here, then removes what is no longer
-wanted (taps after their NICs are unplugged, so QEMU never holds a tap that is gone).
+wanted. A tap whose NIC the guest has not released yet is only taken off its bridge (the
+VM is cut off at once) and removed in a later pass, once QEMU let go of it; waiting for
+one guest never holds up the rest of the host.
 
 The vm daemon calls two hooks: :meth:`start_nics` before it starts a QEMU (the taps of
 that VM are made to exist and opened) and :meth:`sync_vm` when a running VM's record
@@ -33,6 +35,7 @@ from ucloud_common.store import Entry, Store
 
 from . import nics, process
 from .network import HostNetwork
+from .netns import netns_path
 from .netplan import Desired, TapSpec, Underlay, VmNics, desired_state
 from .paths import VmPaths
 from .qemu_argv import NicArgs
@@ -113,6 +116,9 @@ class NetworkAgent:
                                      name=f"ucloud-vm[{host}]-net")
 
     def start(self) -> "NetworkAgent":
+        if self.netns and not netns_path(self.netns).exists():
+            log.error("host_netns %r does not exist (create it with `ip netns add %s`): VMs with NICs "
+                      "cannot start until it does", self.netns, self.netns)
         self.reconciler.start()
         return self
 
