@@ -118,7 +118,7 @@ class Scheduler:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("scheduler %s started: %d hosts, %d VMs, %d schedulers", self.membership.id,
+        log.info("scheduler %s started: %d hosts, %d VMs of its share, %d schedulers", self.membership.id,
                  len(self.view.hosts), len(self.view.vms), self.view.member_count())
         return self
 
@@ -177,9 +177,17 @@ class Scheduler:
             keys = [host_key(name)] if owns(host_key(name)) else []
             return keys + self._waiting_keys() if change else keys
         if key.startswith(SCHEDULER_PREFIX) and change:
-            # Ownership moved: look once at everything that is now ours (cheap for VMs that need nothing).
-            every = [vm_key(i) for i in self.view.all_vm_ids()] + [host_key(h) for h in list(self.view.hosts)]
-            return [k for k in every if owns(k)]
+            # Ownership moved: take in the VMs that are ours now (the view parses only its own)
+            # and look once at everything that is ours (cheap for VMs that need nothing).
+            cached = {e.key: e for e in self.reconciler.cached(VM_PREFIX)}
+            for vm_id in self.view.listed_vm_ids():
+                cached.setdefault(vm_key(vm_id), None)
+            mine = [k for k in cached if owns(k)]
+            for k in mine:
+                entry = cached[k]
+                if entry is not None:
+                    self.view.apply(k, entry)
+            return mine + [k for k in (host_key(h) for h in list(self.view.hosts)) if owns(k)]
         return ()
 
     def _waiting_keys(self) -> list[str]:
