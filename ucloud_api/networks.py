@@ -150,7 +150,7 @@ def get_network(store: Store, owner: str, ref: str, field: str = "network") -> N
 def list_networks(store: Store, owner: str) -> list[dict[str, Any]]:
     """The owner's networks, oldest first, each with the ids of the VMs attached to it
     (read from the VM records, so a VM its host has deleted is not listed)."""
-    entries, revision = store.list(NETWORK_PREFIX)
+    entries, _ = store.list(NETWORK_PREFIX)
     nets = []
     for entry in entries:
         try:
