@@ -4,20 +4,44 @@ Global flags (``--api``, ``--realm``, ``--name``, ``--seed``, ``--config``) go b
 command (``ucloud --config creds.json vm list``); how they combine with the environment
 and ``~/.ucloud`` is in :mod:`.cli_config`. Every expected failure prints one line,
 ``ucloud: ...``, on stderr and exits 1 (:class:`.cli_context.UcloudGroup`).
+
+The command groups are imported when used (:data:`COMMANDS`): ``ucloud vm list`` need not
+load gRPC (``admin``) or the Ceph bindings (``image``), which cost a second or more.
 """
+
+from __future__ import annotations
+
+import importlib
 
 import click
 
-from .cli_admin import admin
-from .cli_config_commands import config_group
 from .cli_context import CliContext, UcloudGroup
-from .cli_host import host
-from .cli_image import image
-from .cli_network import network
-from .cli_vm import vm
+
+# name -> "module:attribute" of each command group, imported on first use
+COMMANDS = {
+    "admin": "ucloud_common.cli_admin:admin",
+    "config": "ucloud_common.cli_config_commands:config_group",
+    "host": "ucloud_common.cli_host:host",
+    "image": "ucloud_common.cli_image:image",
+    "network": "ucloud_common.cli_network:network",
+    "vm": "ucloud_common.cli_vm:vm",
+}
 
 
-@click.group(cls=UcloudGroup)
+class LazyGroup(UcloudGroup):
+    """A group whose subcommands live in :data:`COMMANDS` and are imported on demand."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            module, _, attribute = COMMANDS[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup)
 @click.option("--api", metavar="URL", help="the API's URL [env UCLOUD_API_URL; default http://127.0.0.1:8080]")
 @click.option("--realm", help="your realm [env UCLOUD_REALM]")
 @click.option("--name", help="your user name [env UCLOUD_NAME]")
@@ -33,11 +57,3 @@ def main(ctx: click.Context, api: str | None, realm: str | None, name: str | Non
     cli = CliContext({"api_url": api, "realm": realm, "name": name, "seed": seed}, config_file, timeout)
     ctx.obj = cli
     ctx.call_on_close(cli.close)
-
-
-main.add_command(admin)
-main.add_command(image)
-main.add_command(vm)
-main.add_command(network)
-main.add_command(host)
-main.add_command(config_group)
