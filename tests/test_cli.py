@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -365,3 +366,20 @@ def test_host_list_is_for_administrators(cli, store: Store):
     assert [(h["name"], h["capacity"]["cpu"], h["alive"]) for h in hosts] == [("node1", 8, False)]
     table = cli("host", "list", UCLOUD_REALM="ops", UCLOUD_NAME="root", UCLOUD_SEED=seed)
     assert table.exit_code == 0 and "node1" in table.stdout and "10.0.0.1" in table.stdout
+
+
+# -- the command tree --------------------------------------------------------------------------
+
+
+def test_every_group_is_registered_and_loaded_only_when_used(base_env: dict[str, str]):
+    result = CliRunner().invoke(main, ["--help"], env=base_env)
+    assert result.exit_code == 0
+    for group in ("admin", "config", "host", "image", "network", "vm"):
+        assert f"  {group} " in result.stdout
+    assert CliRunner().invoke(main, ["admin", "user", "create", "--help"]).exit_code == 0
+    # `ucloud vm ...` does not pay for gRPC (admin talks to etcd) or the Ceph bindings (image)
+    code = ("import sys; from ucloud_common.cli import main; main(['vm', '--help'], standalone_mode=False); "
+            "print(sorted(m for m in ('grpc', 'rados', 'rbd', 'pyetcd') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
