@@ -88,6 +88,11 @@ def ensure_running(state_dir: str | Path) -> int:
     pid = os.posix_spawn(sys.executable, argv, env, setsid=True,
                          file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)])
     pid_file(state_dir).write_text(f"{pid}\n")
+    # posix_spawn returns while the kernel is still setting up the new program, when its
+    # cmdline reads empty; wait for it, so the next look finds this watchdog, not none.
+    deadline = time.monotonic() + 2.0
+    while running_pid(state_dir) != pid and process.alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.001)
     return pid
 
 
