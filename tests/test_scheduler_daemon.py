@@ -263,6 +263,30 @@ def test_dead_host_shared_and_diskless_vms_move_after_the_ttl_local_ones_are_los
     store.revoke_lease(back)
 
 
+def test_with_two_schedulers_a_dead_host_is_fenced_once_and_all_its_vms_move(
+        store: Store, lease: int, start_scheduler) -> None:
+    register_host(store, "live", Specs(32, 64 * GB, 1000 * GB, 0), lease)
+    dying_lease = store.grant_lease(2)
+    register_host(store, "dying", Specs(32, 64 * GB, 1000 * GB, 0), dying_lease, lease_ttl=2)
+    vms = [create_vm(store, small(), status=VMStatus.RUNNING, storage="rbd", hostname=host_key("dying"))
+           for _ in range(12)]
+    clock = ManualClock()
+    fencer = RecordingFencer(store)
+    first = start_scheduler(fencer=fencer, clock=clock)
+    second = start_scheduler(fencer=fencer, clock=clock)
+    wait_for("each scheduler sees the other", lambda: first.view.member_count() == second.view.member_count() == 2)
+    owners = {s.membership.id for s in (first, second) for v in vms if s.view.owns(vm_key(v.id))}
+    assert len(owners) == 2  # the VMs are shared out, yet the host is handled by one of them
+    wait_for("the dying host marked DOWN", lambda: read_hosts(store)["dying"].status is HostStatus.DOWN,
+             timeout=30)
+    clock.advance(2.1)
+    wait_for("all its VMs re-placed",
+             lambda: all(placed(v) and v.host_name == "live" for v in read_vms(store).values()), timeout=30)
+    assert len(fencer.calls) == 1 and fencer.calls[0] == ("dying", {v.id for v in vms})
+    assert first.stats.replacements + second.stats.replacements == 12
+    check_allocations(store)
+
+
 def test_vm_of_a_dead_host_waits_with_a_reason_when_no_live_host_has_room(
         store: Store, lease: int, start_scheduler) -> None:
     dying_lease = store.grant_lease(2)

@@ -9,7 +9,7 @@ from types import MappingProxyType
 import pytest
 
 from ucloud_common.config import load_settings
-from ucloud_common.keys import alloc_key, host_key, vm_key
+from ucloud_common.keys import alive_key, alloc_key, host_key, vm_key
 from ucloud_common.models import Allocation, HostStatus, Specs, VM, VMStatus
 from ucloud_common.store import Compare, Put
 from ucloud_common.units import GB
@@ -264,3 +264,18 @@ def test_audit_plan_rewrites_only_what_differs_from_the_vms():
     assert plan_fixes({"h2": stale}, {"h2": 5}, {"h2": expected["h2"]}, hosts=["h2"], skip=["h2"]) == []
     created = plan_fixes({}, {}, expected, hosts=[])
     assert {f.host: f.revision for f in created} == {"h1": 0, "h2": 0}
+
+
+def test_moves_off_a_dead_host_commit_only_while_its_liveness_key_is_absent():
+    dead = Allocation("dead", MappingProxyType({"m": Specs(1, GB, 10 * GB), "u": Specs(1, GB, 10 * GB)}), 3)
+    builder = TxnBuilder({"dead": dead}, now=1.0, max_compares=7)
+    on_dead = dict(hostname=host_key("dead"), status=VMStatus.RUNNING)
+    assert builder.add(Place(vm("m", 5, **on_dead), "live", source="dead", from_dead=True))  # VM, 2 allocs, alive
+    assert builder.add(MarkLost(vm("l", 6, **on_dead), "lost"))  # + VM: dead's alive compare is shared
+    assert builder.add(Unplace(vm("u", 7, **on_dead), "dead", "no host fits: 1 is down"))  # + VM = 6
+    assert not builder.add(MarkLost(vm("x", 8, hostname=host_key("dead2"), status=VMStatus.RUNNING), "lost"))
+    compares, _ = builder.build()
+    assert compares.count(Compare(alive_key("dead"), 0)) == 1 and len(compares) == builder.compare_count() == 6
+    plain = TxnBuilder({}, now=1.0)
+    assert plain.add(Place(vm("n", 5, hostname=host_key("h")), "live", source="h"))  # not a rescue
+    assert all(not c.key.startswith("/v1/alive/") for c in plain.build()[0])

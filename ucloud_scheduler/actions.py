@@ -5,7 +5,8 @@ send it back to waiting, note why it cannot be placed, declare it lost with its 
 or release what a deleted VM was promised. :class:`TxnBuilder` turns a batch of
 actions into a single transaction in which *every* record written is compared at the
 revision it was decided from — each VM at its ``mod_revision`` (a released VM: absent),
-each allocation at its ``mod_revision`` (0 when the host has none yet). Several
+each allocation at its ``mod_revision`` (0 when the host has none yet) — and a VM moved
+off (or lost with) a dead host only while that host's liveness key is still absent. Several
 placements on one host share that host's one compare, so a batch is exactly as safe as
 the same placements one by one: if anything changed, nothing is written.
 
@@ -18,7 +19,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Mapping, Union
 
-from ucloud_common.keys import alloc_key, host_key, vm_key
+from ucloud_common.keys import alive_key, alloc_key, host_key, vm_key
 from ucloud_common.models import Allocation, VM, VMStatus
 from ucloud_common.store import Compare, Op, Put
 
@@ -29,17 +30,20 @@ _ALLOC_BYTES_PER_VM = 96  # a generous estimate of one VM's share of an allocati
 
 @dataclass(frozen=True)
 class Place:
-    """Put ``vm`` on ``host`` (SCHEDULED_DEPLOY); ``source``: the dead host it leaves, if any."""
+    """Put ``vm`` on ``host`` (SCHEDULED_DEPLOY); ``source``: the host it leaves, if any;
+    ``from_dead``: that host is dead, which the transaction checks (its liveness key absent)."""
 
     vm: VM
     host: str
     source: str = ""
     message: str = ""
+    from_dead: bool = False
 
 
 @dataclass(frozen=True)
 class Unplace:
-    """Take ``vm`` off the dead host ``source`` and let it wait (REQUESTED_NEW) for room."""
+    """Take ``vm`` off the dead host ``source`` (checked dead at commit) and let it wait
+    (REQUESTED_NEW) for room."""
 
     vm: VM
     source: str
@@ -56,7 +60,8 @@ class SetReason:
 
 @dataclass(frozen=True)
 class MarkLost:
-    """``vm``'s host died with its disk: HOST_LOST, keeping its host and its promise."""
+    """``vm``'s host died with its disk (checked dead at commit): HOST_LOST, keeping its host
+    and its promise."""
 
     vm: VM
     reason: str
@@ -91,6 +96,7 @@ class TxnBuilder:
         self._vms: dict[str, tuple[VM, bytes] | None] = {}  # VM id -> new record (None: compared absent)
         self._vm_compare: dict[str, int] = {}
         self._allocs: dict[str, Allocation] = {}  # host -> new allocation
+        self._dead: set[str] = set()  # hosts whose liveness key must still be absent at commit
         self._bytes = 0
         self.actions: list[Action] = []
 
@@ -140,7 +146,8 @@ class TxnBuilder:
         changes = self._alloc_changes(action)
         if isinstance(action, Release) and not changes:
             return True  # nothing to release: already done
-        new_keys = 1 + sum(1 for h in changes if h not in self._allocs)
+        dead = _dead_host(action)
+        new_keys = 1 + sum(1 for h in changes if h not in self._allocs) + (dead not in self._dead if dead else 0)
         size = len(raw) + sum(
             64 + _ALLOC_BYTES_PER_VM * len(a.vms) for h, a in changes.items() if h not in self._allocs)
         if self.actions and (self.compare_count() + new_keys > self._max_compares
@@ -149,12 +156,14 @@ class TxnBuilder:
         self._vms[vm_id] = (vm, raw) if vm else None
         self._vm_compare[vm_id] = 0 if isinstance(action, Release) else action.vm.mod_revision
         self._allocs.update(changes)
+        if dead:
+            self._dead.add(dead)
         self._bytes += size
         self.actions.append(action)
         return True
 
     def compare_count(self) -> int:
-        return len(self._vm_compare) + len(self._allocs)
+        return len(self._vm_compare) + len(self._allocs) + len(self._dead)
 
     def allocations(self) -> dict[str, Allocation]:
         """The allocation records this transaction writes, by host."""
@@ -172,6 +181,9 @@ class TxnBuilder:
             base = self._base.get(host)
             compares.append(Compare(alloc_key(host), base.mod_revision if base else 0))
             ops.append(Put(alloc_key(host), alloc.to_json()))
+        for host in sorted(self._dead):
+            # A view that lags could think a live host dead: the move is then refused.
+            compares.append(Compare(alive_key(host), 0))
         return compares, ops
 
     def records(self, revision: int) -> tuple[list[VM], list[Allocation]]:
@@ -179,6 +191,17 @@ class TxnBuilder:
         vms = [replace(w[0], mod_revision=revision) for w in self._vms.values() if w is not None]
         allocs = [replace(a, mod_revision=revision) for a in self._allocs.values()]
         return vms, allocs
+
+
+def _dead_host(action: Action) -> str:
+    """The host this action takes for dead ("" if none)."""
+    if isinstance(action, Place):
+        return action.source if action.from_dead else ""
+    if isinstance(action, Unplace):
+        return action.source
+    if isinstance(action, MarkLost):
+        return action.vm.host_name
+    return ""
 
 
 def describe(actions: list[Action]) -> str:

@@ -237,12 +237,17 @@ class Scheduler:
         """Converge ``keys``; returns, per key, seconds until it should be looked at again."""
         again: dict[str, float | None] = {}
         vm_ids: list[str] = []
+        rescues: dict[str, list[str]] = {}  # dead host key -> its VMs, looked after by the host's owner
         for key in keys:
             if key.startswith(VM_PREFIX):
                 if self.view.owns(key):
                     vm_ids.append(key[len(VM_PREFIX):])
             elif key.startswith(HOST_PREFIX):
-                again[key] = self._sync_host(key[len(HOST_PREFIX):])
+                again[key], rescues[key] = self._sync_host(key[len(HOST_PREFIX):])
+        chosen = set(vm_ids)
+        for ids in rescues.values():
+            vm_ids += [i for i in ids if i not in chosen]
+            chosen.update(ids)
         attempt = 0
         while vm_ids:
             try:
@@ -254,6 +259,11 @@ class Scheduler:
                 self._refresh(exc.keys)
                 if attempt >= MAX_ATTEMPTS:
                     raise
+        for key, ids in rescues.items():  # look at the host again when its first VM needs it
+            delays = [d for d in (again.get(vm_key(i)) for i in ids) if d is not None]
+            if again.get(key) is not None:
+                delays.append(again[key])  # type: ignore[arg-type]
+            again[key] = min(delays) if delays else None
         return again
 
     def _refresh(self, keys: Iterable[str]) -> None:
@@ -306,6 +316,8 @@ class Scheduler:
             return (SetReason(vm, result.reason) if vm.reason != result.reason else None), None
         source = host_of(vm)
         if source and vm.status in MOVABLE and not self.view.is_alive(source):
+            if not self.view.owns(host_key(source)):
+                return None, None  # the dead host's owner fences it once, then moves all its VMs
             return self._rescue(vm_id, source, snap, now)
         return None, None
 
@@ -334,7 +346,7 @@ class Scheduler:
         if isinstance(result, Choice):
             message = (f"host {source} lost its lease ({ttl}s TTL passed, host fenced); "
                        f"re-placed on {result.host}")
-            return Place(vm, result.host, source=source, message=message), None
+            return Place(vm, result.host, source=source, message=message, from_dead=True), None
         self.view.waiting.add(vm_id)
         return Unplace(vm, source, result.reason), None
 
@@ -375,28 +387,29 @@ class Scheduler:
                 stats.released += 1
         log.debug("committed %s", describe(list(actions)))
 
-    def _sync_host(self, name: str) -> float | None:
-        """Mark a host DOWN when its liveness key is gone, UP when it is back."""
+    def _sync_host(self, name: str) -> tuple[float | None, list[str]]:
+        """Mark a host DOWN when its liveness key is gone, UP when it is back. For a dead host,
+        also return the VMs placed on it: this scheduler (the host key's owner) fences the
+        host once and moves them all, so no other scheduler's fencing can come late and cut
+        off a VM that has already started again elsewhere."""
         if not self.view.owns(host_key(name)):
-            return None
+            return None, []
         host = self.view.hosts.get(name)
-        if host is None:
-            return None
         alive = self.view.is_alive(name)
         if alive:
             self._fenced.pop(name, None)
         status = None
-        if alive and host.status is HostStatus.DOWN:
+        if host is not None and alive and host.status is HostStatus.DOWN:
             status = HostStatus.UP
-        elif not alive and host.status is HostStatus.UP:
+        elif host is not None and not alive and host.status is HostStatus.UP:
             status = HostStatus.DOWN
-        if status is not None:
+        if host is not None and status is not None:
             changed = replace(host, status=status)
             try:
                 revision = self.store.update(host.key, changed.to_json(), host.mod_revision)
             except Conflict:
                 self._refresh([host.key])
-                return 0.0
+                return 0.0, []
             self.view.record(hosts=[replace(changed, mod_revision=revision)])
             if status is HostStatus.DOWN:
                 self.stats.hosts_down += 1
@@ -404,7 +417,20 @@ class Scheduler:
             else:
                 self.stats.hosts_up += 1
                 log.info("host %s: alive again; marked UP", name)
-        if not alive:
-            for vm_id in self.view.vms_on(name):
-                self.reconciler.queue.add(vm_key(vm_id))
-        return None
+        if alive:
+            return None, []
+        return None, self._vms_of(name)
+
+    def _vms_of(self, name: str) -> list[str]:
+        """The VMs placed on host ``name`` (per its allocation and the VM records), taken into
+        the view from the reconciler's cache where another scheduler owns them."""
+        alloc = self.view.allocs.get(name)
+        ids = set(alloc.vms) if alloc else set()
+        ids.update(self.view.vms_on(name))
+        cache = self.reconciler.cache
+        for vm_id in ids:
+            if vm_id not in self.view.vms:
+                entry = cache.get(vm_key(vm_id))
+                if entry is not None:
+                    self.view.take_in(entry.key, entry)
+        return sorted(ids)

@@ -86,7 +86,15 @@ class ClusterView:
             log.warning("ignoring malformed record %s: %s", key, exc)
         return None
 
-    def _apply_vm(self, vm_id: str, entry: Entry | None) -> str | None:
+    def take_in(self, key: str, entry: Entry) -> None:
+        """Take in a VM record even if another scheduler owns it (the VMs of a dead host
+        this scheduler looks after; they stay until their next change)."""
+        try:
+            self._apply_vm(key[len(VM_PREFIX):], entry, force=True)
+        except ModelError as exc:
+            log.warning("ignoring malformed record %s: %s", key, exc)
+
+    def _apply_vm(self, vm_id: str, entry: Entry | None, force: bool = False) -> str | None:
         with self._lock:
             known = self.vms.get(vm_id)
             if entry is None:
@@ -97,7 +105,7 @@ class ClusterView:
                 return None
             if self._expected.get(VM_PREFIX + vm_id) == entry.value:
                 return None  # the echo of our own write: record() takes it in without parsing
-            if not self.owns(VM_PREFIX + vm_id):
+            if not force and not self.owns(VM_PREFIX + vm_id):
                 # Another scheduler's VM: not parsed (with 3 schedulers, 2/3 of all VM events).
                 # If it becomes ours, the scheduler takes it in from the reconciler's cache.
                 if known:
