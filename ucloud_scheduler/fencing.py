@@ -4,10 +4,13 @@ is started somewhere else (DESIGN.md §3.5, "never run a VM twice").
 The first guard is the host's own: a vm daemon that cannot renew its lease stops its
 VMs before the lease can expire, and the scheduler waits a further lease TTL after the
 liveness key vanished. A :class:`Fencer` is the second guard, called right before a
-VM of a dead host is re-placed: for Ceph it will blocklist the dead host's client so
-that RBD refuses its writes even if it is still running. It must be idempotent (it is
-called once per VM moved) and raise when it could not fence; the scheduler then keeps
-the VM where it is and tries again later.
+VM of a dead host is re-placed: for Ceph it blocklists the dead host's clients so
+that RBD refuses their writes even if they still run. It is called once per death of a
+host, by the one scheduler that owns the host, before any of the host's VMs moves (so
+it never comes late and cuts off a VM already started elsewhere), with the host's name:
+the VMs still placed there are the ones to fence. It must be idempotent (a scheduler
+that takes over a dead colleague's hosts calls it again) and raise when it could not
+fence; the scheduler then keeps the VMs where they are and tries again later.
 """
 
 from __future__ import annotations
