@@ -1,4 +1,4 @@
-"""`make up` / `make down`: the one-box dev cloud as a new user meets it (issue 8).
+"""`make up` / `make down` and the CLI: the one-box dev cloud as a new user meets it (issue 8).
 
 The real command is run (through make, as the README says) with its data dir and ports
 moved to a temporary place, so a developer's own dev cloud is left alone. Then the seed's
@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -21,8 +23,13 @@ import requests
 
 from ucloud_common.config import PROJECT_DIR
 from ucloud_common.etcd_process import free_port
+from ucloud_vm import process
+from ucloud_vm.paths import VmPaths
+
+from cli_harness import CLI_EXE
 
 pytestmark = pytest.mark.slow
+BOOT_TIMEOUT = 240  # a guest under TCG on a busy 2-core machine
 
 
 def make(target: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -46,14 +53,17 @@ def processes_mentioning(text: str) -> list[tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def devcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    base = tmp_path_factory.mktemp("devcloud")
+def devcloud() -> Iterator[dict]:
+    top = Path(tempfile.mkdtemp(prefix="ucd-", dir="/tmp"))  # unix socket paths must stay short
+    base = top / "dev"
+    (top / "home").mkdir()
     api_port = free_port()
     env = dict(os.environ)
     for key in list(env):
         if key.startswith("UCLOUD_"):
             del env[key]
     env.update({
+        "HOME": str(top / "home"),  # no ~/.ucloud: the CLI must find the dev credentials itself
         "UCLOUD_DEV_DIR": str(base),
         "UCLOUD_DEV_ETCD_PORT": str(free_port()),
         "UCLOUD_API_BIND": f"127.0.0.1:{api_port}",
@@ -66,6 +76,7 @@ def devcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         yield info
     finally:
         make("down", env, timeout=120)
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def family(pids: set[int]) -> set[int]:
@@ -116,6 +127,49 @@ def wait_status(api: str, creds: dict[str, str], vm_id: str, want: str, timeout:
     pytest.fail(f"VM {vm_id} did not reach {want} within {timeout}s; last: {body}")
 
 
+def test_cli_on_the_dev_cloud(devcloud: dict) -> None:
+    """The CLI as a new user meets it: no flags, no ~/.ucloud — it finds the dev user's
+    credentials and the dev host's state dir (for `vm console`) by itself."""
+    assert devcloud["up"].returncode == 0, f"make up failed:\n{devcloud['up'].stdout}\n{devcloud['up'].stderr}"
+    env = {**devcloud["env"], "UCLOUD_API_BIND": ""}  # the CLI reads the URL from credentials.json
+
+    def ucloud(*args: str, timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(CLI_EXE), *args], env=env, capture_output=True, text=True, timeout=timeout,
+                              input=stdin)
+
+    shown = ucloud("config", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["file"] == str(Path(devcloud["env"]["UCLOUD_DEV_DIR"]) / "credentials.json")
+
+    created = ucloud("vm", "create", "--cpu", "1", "--ram", "256MiB", "--hdd", "1GB", "--wait",
+                     "--timeout", str(BOOT_TIMEOUT), timeout=BOOT_TIMEOUT + 60)
+    assert created.returncode == 0, created.stderr
+    vm_id = created.stdout.strip()
+    assert "RUNNING on devhost" in created.stderr
+
+    listed = ucloud("vm", "list")
+    assert listed.returncode == 0 and vm_id in listed.stdout and "RUNNING" in listed.stdout
+    [vm] = json.loads(ucloud("vm", "list", "--json").stdout)
+    assert (vm["id"], vm["status"], vm["hostname"]) == (vm_id, "RUNNING", "/v1/host/devhost")
+    pid = process.read_pidfile(VmPaths.of(Path(devcloud["env"]["UCLOUD_DEV_DIR"]) / "state", vm_id))
+    assert pid is not None and process.is_qemu_of(pid, vm_id)  # a real QEMU runs it
+
+    # the console is found under the dev cloud's state dir; wait for the shell, then ask it something
+    console = ucloud("vm", "console", vm_id, "--idle", "5", stdin="\necho answer-$((6*7))\n",
+                     timeout=BOOT_TIMEOUT + 60)
+    for _ in range(BOOT_TIMEOUT // 10):
+        if "answer-42" in console.stdout:
+            break
+        console = ucloud("vm", "console", vm_id, "--idle", "5", stdin="\necho answer-$((6*7))\n", timeout=120)
+    assert console.returncode == 0 and "answer-42" in console.stdout, console.stderr
+
+    deleted = ucloud("vm", "delete", vm_id, "--wait", "--timeout", "120", timeout=180)
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.strip() == f"{vm_id} deleted"
+    assert json.loads(ucloud("vm", "list", "--json").stdout) == []
+    assert process.wait_gone(pid, 30)
+
+
 def test_make_up_runs_a_cloud_that_boots_a_vm_and_make_down_leaves_nothing(devcloud: dict) -> None:
     up, env, api = devcloud["up"], devcloud["env"], devcloud["api"]
     assert up.returncode == 0, f"make up failed:\n{up.stdout}\n{up.stderr}"
@@ -147,26 +201,6 @@ def test_make_up_runs_a_cloud_that_boots_a_vm_and_make_down_leaves_nothing(devcl
     deleted = requests.post(f"{api}/vm/delete", json={**creds, "vmid": vm_id}, timeout=10)
     assert deleted.status_code == 202, deleted.text
     wait_status(api, creds, vm_id, "gone")
-
-    # The CLI, configured by nothing but the credentials file `make up` wrote.
-    ucloud = [str(Path(PROJECT_DIR) / ".venv" / "bin" / "ucloud"), "--config",
-              str(Path(devcloud["base"]) / "credentials.json")]
-    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("UCLOUD_")}
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*ucloud, *args], env=cli_env, text=True, capture_output=True, timeout=400,
-                              check=False)
-
-    made = cli("vm", "create", "--cpu", "1", "--ram", "256MiB", "--hdd", "1GB", "--wait", "--json")
-    assert made.returncode == 0, made.stdout + made.stderr
-    cli_vm = json.loads(made.stdout)
-    assert cli_vm["status"] == "RUNNING", cli_vm
-    listed = cli("vm", "list", "--json")
-    assert listed.returncode == 0, listed.stderr
-    assert cli_vm["id"] in [vm["id"] for vm in json.loads(listed.stdout)]
-    gone = cli("vm", "delete", cli_vm["id"], "--wait")
-    assert gone.returncode == 0, gone.stdout + gone.stderr
-    wait_status(api, creds, cli_vm["id"], "gone", timeout=30)
 
     # A last VM is left running on purpose: `make down` must stop its QEMU too.
     second = requests.post(f"{api}/vm/create", json={**creds, "specs": {"cpu": 1, "ram": "256MiB",
