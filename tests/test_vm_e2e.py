@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -41,7 +42,7 @@ class Cloud:
         shutil.copyfile(guest_image, base / "images" / "ucloud-guest.raw")  # what the daemon would import
         self.notify_file = base / "notify.jsonl"
         self.metrics_port = free_port()
-        self.h1_env = {"UCLOUD_VM_STOP_TIMEOUT": "60", "UCLOUD_VM_RESTART_MAX": "2",
+        self.h1_env = {"UCLOUD_VM_STOP_TIMEOUT": "60", "UCLOUD_VM_RESTART_MAX": "3",
                        "UCLOUD_NOTIFY_COMMAND": f"tee,-a,{self.notify_file}",
                        "UCLOUD_VM_METRICS_BIND": f"127.0.0.1:{self.metrics_port}"}
         self.daemons: dict[str, Proc] = {}
@@ -144,7 +145,17 @@ def test_vm_boots_dies_is_restarted_is_adopted_stops_starts_and_is_deleted(cloud
     wait_for(lambda: marker_count(paths) >= 4, BOOT_TIMEOUT, "the marker after the reboot")
     assert qemu_pid(paths) == pid3
 
-    # stop: ACPI power button, the guest powers off -> STOPPED; start -> RUNNING with a new QEMU
+    # a guest kernel panic (from its serial shell) ends QEMU through pvpanic: KILLED with that
+    # cause, restarted
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as console:
+        console.connect(str(paths.serial_sock))
+        console.sendall(b"\necho c > /proc/sysrq-trigger\n")
+        wait_for(lambda: not process.alive(pid3), BOOT_TIMEOUT, "the guest to panic")
+    vm = wait_for(lambda: (v := record(store, vm_id)) and v.status is VMStatus.RUNNING
+                  and "panicked" in v.events[-2].message and v, 60, "the restart after the panic")
+    pid3 = wait_for(lambda: qemu_pid(paths), 10, "the new QEMU")
+
+    # stop: ACPI power button (pressed again until the restarted guest's acpid is up), the guest powers off -> STOPPED; start -> RUNNING with a new QEMU
     api.action(vm_id, "stop")
     vm = wait_status(store, vm_id, VMStatus.STOPPED, 60)
     assert not process.alive(pid3)
@@ -176,7 +187,7 @@ def test_crash_loop_ends_in_error_and_metrics_count_it(cloud: Cloud) -> None:
             return now
         return None
 
-    for _ in range(3):  # vm_restart_max is 2: the third death is one too many
+    for _ in range(4):  # vm_restart_max is 3: the fourth death is one too many
         pid = wait_for(running_anew, 60, "RUNNING on a (new) QEMU")
         os.kill(pid, signal.SIGKILL)
     vm = wait_status(store, vm_id, VMStatus.ERROR, 60)
@@ -187,8 +198,8 @@ def test_crash_loop_ends_in_error_and_metrics_count_it(cloud: Cloud) -> None:
 
     metrics = scrape(cloud.metrics_port)
     assert metric(metrics, "ucloud_vm_vms", host="h1", status="ERROR") == 1.0
-    assert metric(metrics, "ucloud_vm_restarts_total", host="h1") >= 2.0
-    assert metric(metrics, "ucloud_vm_qemu_exits_total", host="h1") >= 3.0
+    assert metric(metrics, "ucloud_vm_restarts_total", host="h1") >= 3.0
+    assert metric(metrics, "ucloud_vm_qemu_exits_total", host="h1") >= 4.0
 
     api.delete(vm_id)
     wait_for(lambda: record(store, vm_id) is None, 60, "the ERROR VM to be deleted")
