@@ -8,7 +8,6 @@ The 3-process, 1,000-VM test is in ``test_scheduler_processes.py``.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from dataclasses import replace
