@@ -247,3 +247,8 @@ def test_two_hosts_get_vms_of_their_own_and_a_frozen_host_fences_itself(cloud: C
         assert "FENCING" in h2.log()
     finally:
         os.kill(h2.pid, signal.SIGCONT)
+    # thawed, the daemon gets a new lease and runs its VM again (from KILLED or HOST_LOST)
+    paths = cloud.paths("h2", on["h2"])
+    wait_for(lambda: (v := record(store, on["h2"])) and v.status is VMStatus.RUNNING
+             and qemu_pid(paths) not in (None, pid_h2), 120, "the thawed host's VM to run again")
+    assert record(store, on["h2"]).hostname == host_key("h2")
