@@ -167,3 +167,16 @@ def test_metrics_sum_every_worker(etcd, store, tmp_path):
             assert samples[key] == sent
             assert samples[("ucloud_api_etcd_up", ())] == 1
     assert not (metrics_dir / "counter_1.db").exists()
+
+
+def test_json_logs_are_one_object_per_line(etcd, store, tmp_path):
+    """With ``log_json`` every line ucloud-api writes — ours and gunicorn's — is a JSON object."""
+    with running_api(etcd, tmp_path, UCLOUD_LOG_JSON="true", UCLOUD_LOG_LEVEL="DEBUG") as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        status, _, _ = call(conn, "GET", "/healthz")
+        assert status == 200
+    lines = [line for line in (tmp_path / "api.log").read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # fails on any plain-text line
+    assert any(r["logger"] == "gunicorn.error" and "Booting worker" in r["message"] for r in records)
+    assert any(r["logger"] == "gunicorn.access" and "/healthz" in r["message"] for r in records)
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)

@@ -25,12 +25,26 @@ import shutil
 import tempfile
 from typing import Any
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
 from ucloud_common.config import Settings
 from ucloud_common.daemon import connect_or_exit, load_or_exit
+from ucloud_common.logs import JsonFormatter
 
 THREADS = 4
+
+
+class JsonLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's own log (start, workers, errors, access) as one JSON object per line, like
+    the rest of ucloud when ``log_json`` is on: gunicorn installs its own handlers, so the
+    root logger's formatter never reaches its lines."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(JsonFormatter())
 
 
 class ApiServer(BaseApplication):  # type: ignore[misc]
@@ -57,6 +71,8 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
             "control_socket_disable": True,  # gunicorn 23+: no shared ~/.gunicorn socket between instances
             "child_exit": _child_exit,
         }
+        if self.settings.log_json:
+            options["logger_class"] = JsonLogger
         for key, value in options.items():
             self.cfg.set(key, value)
 
