@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from ucloud_common.config import replace
 from ucloud_common.keys import alive_key, host_key
 from ucloud_common.models import Host, HostStatus, Specs
