@@ -239,7 +239,11 @@ def test_dead_host_shared_and_diskless_vms_move_after_the_ttl_local_ones_are_los
     assert all(vms[v.id].host_name == "dying" for v in (rbd, fresh, local, stopped)), "moved before the TTL"
     assert vms[local.id].status is VMStatus.RUNNING and fencer.calls == []
 
-    clock.advance(0.1)  # the TTL has passed: fence (fails once, retried), then move or declare lost
+    clock.advance(0.1)  # the TTL has passed: fence (fails once: the VMs stay put), then move
+    wait_for("a failed fencing", lambda: scheduler.stats.fencing_failures == 1)
+    time.sleep(0.5)
+    assert {read_vm(store, v.id).host_name for v in (rbd, fresh)} == {"dying"} and fencer.calls == []
+    clock.advance(2.0)  # FENCE_RETRY later: fenced, moved
     wait_for("the shared-disk and diskless VMs re-placed",
              lambda: all(placed(v) and v.host_name == "live" for i, v in read_vms(store).items()
                          if i in (rbd.id, fresh.id)), timeout=30)

@@ -54,7 +54,8 @@ MOVABLE = frozenset({VMStatus.SCHEDULED_DEPLOY, VMStatus.RUNNING, VMStatus.KILLE
                      VMStatus.REQUESTED_START, VMStatus.REQUESTED_REBOOT})
 PREFIXES = (SCHEDULER_PREFIX, HOST_PREFIX, ALIVE_PREFIX, ALLOC_PREFIX, VM_PREFIX)
 MAX_ATTEMPTS = 5  # conflicts in a row before a batch is handed back to the queue's backoff
-FENCE_RETRY = 2.0  # seconds before trying a failed fencing again
+FENCE_RETRY = 2.0  # seconds before trying a failed fencing again, doubled per failure in a row
+FENCE_RETRY_MAX = 30.0  # fencing blocks the placement loop (up to ceph_timeout): not too often
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Scheduler:
         self.metrics = SchedulerMetrics(self.stats, lambda: len(self.view.waiting))
         self.metrics_address: tuple[str, int] | None = None
         self._fenced: dict[str, float] = {}  # dead host -> the gone_since it was fenced for
+        self._fence_failures: dict[str, tuple[int, float]] = {}  # dead host -> (failures in a row, next try)
         self._rng = random.Random(seed)
         self._changes: dict[str, str] = {}  # key -> what its last change meant, for key_map
         self._stop = threading.Event()
@@ -334,13 +336,19 @@ class Scheduler:
                                 f"it cannot be moved"), None
         gone = self.view.gone_since(source)
         if self._fenced.get(source) != gone:  # once per death of the host, before its first VM moves
+            failures, next_try = self._fence_failures.get(source, (0, now))
+            if next_try > now:
+                return None, next_try - now  # the last attempt failed: not again before then
             try:
                 self.fencer.fence(source)
             except Exception as exc:  # noqa: BLE001 - any fencing failure means: not yet
                 self.stats.fencing_failures += 1
-                log.warning("cannot fence host %s (VM %s stays put for now): %s", source, vm_id, exc)
-                return None, FENCE_RETRY
+                delay = min(FENCE_RETRY * 2 ** failures, FENCE_RETRY_MAX)
+                self._fence_failures[source] = (failures + 1, now + delay)
+                log.warning("cannot fence host %s (its VMs stay put; next try in %.0fs): %s", source, delay, exc)
+                return None, delay
             self._fenced[source] = gone
+            self._fence_failures.pop(source, None)
             log.info("host %s fenced; moving its VMs", source)
         result = snap.table.place(vm.specs, self.policy, self._rng.randrange(1 << 30))
         if isinstance(result, Choice):
@@ -398,6 +406,7 @@ class Scheduler:
         alive = self.view.is_alive(name)
         if alive:
             self._fenced.pop(name, None)
+            self._fence_failures.pop(name, None)
         status = None
         if host is not None and alive and host.status is HostStatus.DOWN:
             status = HostStatus.UP
