@@ -9,17 +9,20 @@ waiting for room, so those are retried exactly when it can help, never by pollin
 One worker takes up to ``scheduler_batch`` due keys at a time and converges them:
 
 * a VM in ``REQUESTED_NEW`` is placed (filters, weighers), or gets a reason;
-* a VM on a host whose liveness key is gone is, once the host's lease TTL has passed
-  since then and the :class:`~ucloud_scheduler.fencing.Fencer` agreed, re-placed if its
-  disk is shared (``rbd``) or not yet created (``""``), or marked ``HOST_LOST``;
 * a VM that was deleted has its promise released;
-* a host is marked ``DOWN`` when its liveness key is gone and ``UP`` when it returns.
+* a host is marked ``DOWN`` when its liveness key is gone and ``UP`` when it returns;
+  once the host's lease TTL has passed since its liveness key vanished, the scheduler
+  that owns the host fences it once (:mod:`ucloud_scheduler.fencing`) and re-places its
+  VMs whose disk is shared (``rbd``) or not yet created (``""``), or marks those with a
+  local disk ``HOST_LOST`` — each move checked in etcd against the liveness key.
 
 All VM decisions of a batch go to etcd as one transaction that compares every record
 written (:mod:`ucloud_scheduler.actions`); on a conflict the scheduler re-reads the
 records named and decides the whole batch again. Several schedulers share the keys
 by rendezvous hashing over the live members (:mod:`ucloud_scheduler.shard`), and an
 audit re-derives every allocation from the VMs at start and every resync period.
+Counters are plain attributes (:class:`SchedulerStats`), served by
+:mod:`ucloud_scheduler.metrics` on ``scheduler_metrics_bind``.
 """
 
 from __future__ import annotations
