@@ -387,6 +387,8 @@ def test_delete_races_with_placement(client, store, alice):
     (VMStatus.KILLED, "stop", VMStatus.REQUESTED_STOP),
     (VMStatus.RUNNING, "reboot", VMStatus.REQUESTED_REBOOT),
     (VMStatus.STOPPED, "start", VMStatus.REQUESTED_START),
+    (VMStatus.ERROR, "start", VMStatus.REQUESTED_START),  # retry after a crash loop or a storage outage
+    (VMStatus.ERROR, "stop", VMStatus.REQUESTED_STOP),
     (VMStatus.REQUESTED_STOP, "stop", VMStatus.REQUESTED_STOP),  # already asked: no change
 ])
 def test_actions(client, store, alice, start, action, expected):
@@ -408,7 +410,7 @@ def test_actions(client, store, alice, start, action, expected):
 @pytest.mark.parametrize("start, action", [
     (VMStatus.REQUESTED_NEW, "stop"), (VMStatus.REQUESTED_NEW, "start"), (VMStatus.STOPPED, "reboot"),
     (VMStatus.RUNNING, "start"), (VMStatus.STOPPED, "stop"), (VMStatus.REQUESTED_DELETE, "reboot"),
-    (VMStatus.ERROR, "start"),
+    (VMStatus.ERROR, "reboot"),
 ])
 def test_action_that_does_not_fit_is_409(client, store, alice, start, action):
     vm_id = create(client, alice)

@@ -201,6 +201,14 @@ def test_crash_loop_ends_in_error_and_metrics_count_it(cloud: Cloud) -> None:
     assert metric(metrics, "ucloud_vm_restarts_total", host="h1") >= 3.0
     assert metric(metrics, "ucloud_vm_qemu_exits_total", host="h1") >= 4.0
 
+    # A person looks and starts it again: it runs, and the crash-loop count starts over
+    # (one more death is restarted, not another ERROR).
+    api.action(vm_id, "start")
+    pid = wait_for(running_anew, 120, "RUNNING again after start from ERROR")
+    assert not paths.restarts.exists()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(running_anew, 60, "a restart after the fresh start")
+
     api.delete(vm_id)
     wait_for(lambda: record(store, vm_id) is None, 60, "the ERROR VM to be deleted")
 

@@ -267,8 +267,10 @@ def delete_vm(store: Store, owner: str, vm_id: str) -> str:
 
 # action -> (the statuses it may start from, the status it asks for)
 ACTIONS: dict[str, tuple[frozenset[VMStatus], VMStatus]] = {
-    "start": (frozenset({VMStatus.STOPPED}), VMStatus.REQUESTED_START),
-    "stop": (frozenset({VMStatus.RUNNING, VMStatus.KILLED, VMStatus.REQUESTED_REBOOT}), VMStatus.REQUESTED_STOP),
+    # ERROR (a crash loop, a storage outage) is left for a person: "start" retries it, "stop" parks it.
+    "start": (frozenset({VMStatus.STOPPED, VMStatus.ERROR}), VMStatus.REQUESTED_START),
+    "stop": (frozenset({VMStatus.RUNNING, VMStatus.KILLED, VMStatus.REQUESTED_REBOOT, VMStatus.ERROR}),
+             VMStatus.REQUESTED_STOP),
     "reboot": (frozenset({VMStatus.RUNNING}), VMStatus.REQUESTED_REBOOT),
 }
 

@@ -361,6 +361,8 @@ class VmDaemon:
         if restart:
             self._record_restart(paths, time.time())
             self.metrics.restarts.inc()
+        elif vm.status is VMStatus.REQUESTED_START:
+            paths.restarts.unlink(missing_ok=True)  # a person asked: the crash-loop count starts over
         nics = tuple(self.nic_args(vm))
         tap_fds = [nic.fd for nic in nics if nic.fd is not None]
         try:
