@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from ucloud_vm.netplan import (Actual, BridgeSpec, Desired, Step, TapSpec, TapState, Underlay, VmNics,
-                               VxlanState, desired_state, device_id, is_managed, netdev_id, nic_changes, plan,
-                               tap_name)
+                               VxlanState, desired_state, device_id, device_of_netdev, is_managed, netdev_id,
+                               nic_changes, plan, tap_name, tap_of_device)
 
 MAC1, MAC2, MAC3 = "52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"
 ADDR = {"h1": "10.9.0.1", "h2": "10.9.0.2", "h3": "10.9.0.3"}
@@ -18,6 +18,7 @@ def test_names_fit_the_kernel_and_come_only_from_ids() -> None:
     assert tap_name("52:54:00:AB:cd:01") == "uct525400abcd01"
     assert len(tap_name(MAC1)) == 15 and len("ucbr16777215") <= 15
     assert netdev_id(MAC1) == "net525400000001" and device_id(MAC1) == "nic525400000001"
+    assert device_of_netdev(netdev_id(MAC1)) == device_id(MAC1) and tap_of_device(device_id(MAC1)) == tap_name(MAC1)
     assert is_managed("ucbr7") and is_managed("ucvx16777215") and is_managed(tap_name(MAC1))
     assert not is_managed("eth0") and not is_managed("ucbrx") and not is_managed("uctnotamac00000")
 

@@ -69,6 +69,16 @@ def device_id(mac: str) -> str:
     return "nic" + mac.lower().replace(":", "")
 
 
+def device_of_netdev(qemu_id: str) -> str:
+    """``net<mac>`` -> ``nic<mac>``: the device of a tap backend (ids given here only)."""
+    return "nic" + qemu_id[3:]
+
+
+def tap_of_device(qemu_id: str) -> str:
+    """``nic<mac>`` -> ``uct<mac>``: the tap behind a device (ids given here only)."""
+    return TAP_PREFIX + qemu_id[3:]
+
+
 def is_managed(ifname: str) -> bool:
     """True for an interface this layer created (and may therefore remove)."""
     if ifname.startswith(BRIDGE_PREFIX) or ifname.startswith(VXLAN_PREFIX):

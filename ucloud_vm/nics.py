@@ -25,7 +25,8 @@ import time
 from typing import Iterable
 
 from .netns import open_tap
-from .netplan import NicChanges, TapSpec, device_id, netdev_id, nic_changes
+from .netplan import (NicChanges, TapSpec, device_id, device_of_netdev, netdev_id, nic_changes,
+                      tap_of_device)
 from .qemu_argv import NicArgs
 from .qmp import QMP, QMPError
 
@@ -110,10 +111,9 @@ def sync(qmp_path: str, netns: str, wanted: Iterable[TapSpec], timeout: float = 
         for dev in changes.unplug:
             try:
                 qmp.execute("device_del", {"id": dev})
-            except QMPError as exc:
-                if "not found" not in str(exc).lower():
-                    raise
-            log.info("QMP %s: device_del %s", qmp_path, dev)
+                log.info("QMP %s: device_del %s", qmp_path, dev)
+            except QMPError as exc:  # e.g. asked already: whether it went is checked below
+                log.info("QMP %s: device_del %s: %s", qmp_path, dev, exc)
         remaining = set(changes.unplug)
         deadline = time.monotonic() + unplug_wait
         while remaining:
@@ -122,11 +122,12 @@ def sync(qmp_path: str, netns: str, wanted: Iterable[TapSpec], timeout: float = 
                 break
             time.sleep(0.2)
         for net in changes.drop:
-            if "nic" + net[3:] in remaining:
+            if device_of_netdev(net) in remaining:
                 continue  # its device is still there: the backend stays with it
             qmp.execute("netdev_del", {"id": net})
             log.info("QMP %s: netdev_del %s", qmp_path, net)
-        for tap, fd in open_fds(netns, changes.add_netdevs):
+        for tap in changes.add_netdevs:
+            fd = open_tap(netns, tap.name)
             try:
                 name = "fd-" + netdev_id(tap.mac)
                 _send_fd(qmp, name, fd)
@@ -144,5 +145,5 @@ def sync(qmp_path: str, netns: str, wanted: Iterable[TapSpec], timeout: float = 
             log.info("QMP %s: device_add %s (mac %s)", qmp_path, device_id(tap.mac), tap.mac)
         if remaining:
             raise NicError(f"the guest has not released {', '.join(sorted(remaining))} yet",
-                           held=("uct" + dev[3:] for dev in remaining))
+                           held=(tap_of_device(dev) for dev in remaining))
         return changes
