@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -137,3 +138,58 @@ def test_host_netns_setting_is_checked(tmp_path) -> None:
         load_settings(env={"UCLOUD_HOST_NETNS": "../etc"}, env_file=tmp_path / "none")
     with pytest.raises(netns.NetnsError, match="no-such-ns"):
         netns.open_tap("no-such-ns", "uct000000000009")
+
+
+def test_qemu_gets_taps_at_start_and_by_hotplug_and_keeps_an_unreleased_one(underlay: Underlay) -> None:
+    """A bare QEMU (paused with -S: no guest to acknowledge an unplug) in the root namespace,
+    its taps in the host's namespace: one inherited at start, one hot-plugged over QMP."""
+    import shutil
+    import signal
+    import tempfile
+
+    from ucloud_vm import nics
+    from ucloud_vm.netplan import device_id
+    from ucloud_vm.qmp import QMP
+
+    ns1 = underlay.hosts[0]
+    net = HostNetwork(ns1, UnderlaySpec(underlay.addresses[0], 4789))
+    one = host_desired("h1", [VmNics("a", "h1", (("n1", MAC1),))], underlay)
+    two = host_desired("h1", [VmNics("a", "h1", (("n1", MAC1), ("n2", MAC2)))], underlay)
+    net.reconcile(one)
+    run_dir = Path(tempfile.mkdtemp(prefix="ucq-", dir="/tmp"))
+    qmp_path = str(run_dir / "qmp.sock")
+    opened = nics.open_fds(ns1, one.taps_of("a"))
+    (nic,) = nics.start_args(opened)
+    argv = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-machine", "pc", "-accel", "tcg", "-S",
+            "-qmp", f"unix:{qmp_path},server=on,wait=off", "-netdev", nic.netdev,
+            "-device", f"virtio-net-pci,netdev={nic.netdev_id},mac={nic.mac},id={nic.device_id}"]
+    qemu = subprocess.Popen(argv, pass_fds=[fd for _, fd in opened], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    nics.close_fds(fd for _, fd in opened)
+    try:
+        with QMP(qmp_path).connect(wait=30):
+            pass
+        ip("link", "set", tap_name(MAC1), "up", netns=ns1)
+        assert "LOWER_UP" in ip("link", "show", tap_name(MAC1), netns=ns1)  # QEMU holds it
+
+        net.reconcile(two)
+        changes = nics.sync(qmp_path, ns1, two.taps_of("a"))
+        assert [t.mac for t in changes.add_devices] == [MAC2] and not changes.unplug
+        assert "LOWER_UP" in ip("link", "show", tap_name(MAC2), netns=ns1)
+        assert not nics.sync(qmp_path, ns1, two.taps_of("a"))  # in sync: nothing to do
+
+        only_two = host_desired("h1", [VmNics("a", "h1", (("n2", MAC2),))], underlay)
+        with pytest.raises(nics.NicError) as raised:
+            nics.sync(qmp_path, ns1, only_two.taps_of("a"), unplug_wait=1.0)
+        assert raised.value.held == {tap_name(MAC1)}
+        with QMP(qmp_path).connect() as qmp:
+            assert device_id(MAC1) in nics.qemu_nics(qmp)[0]  # the guest never let go
+        net.reconcile(only_two, held=raised.value.held)
+        assert tap_name(MAC1) in links(ns1) and "ucbr101" not in links(ns1)
+        assert "master" not in ip("link", "show", tap_name(MAC1), netns=ns1)
+    finally:
+        qemu.send_signal(signal.SIGKILL)
+        qemu.wait(10)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    net.reconcile(only_two)  # QEMU is gone: so is the tap
+    assert tap_name(MAC1) not in links(ns1) and tap_name(MAC2) in links(ns1)
