@@ -8,8 +8,8 @@ because one test stops it).
   from the same disk, and the old QEMU can no longer write to it; deleting the VM removes
   its clone, not the image;
 * Ceph stopped: a VM that needs a disk meanwhile gets ERROR with the reason, the daemon
-  keeps serving; once Ceph is back the running VM's guest writes again and the ERROR VM
-  is deleted cleanly.
+  keeps serving; once Ceph is back the running VM's guest writes again, the ERROR VM
+  starts when the user retries it, and both are deleted cleanly.
 """
 
 from __future__ import annotations
@@ -224,6 +224,9 @@ def test_ceph_stopped_puts_a_new_vm_in_error_and_everything_recovers(cloud: Ceph
     assert status == 0, output
     with rbd.Image(backend._ioctx("boot"), f"{running}-boot", read_only=True) as img:
         assert img.read(OFFSET, 16) == b"AFTER-THE-OUTAGE"
+    api.action(broken, "start")  # the user retries the VM that failed during the outage
+    vm = wait_status(store, broken, VMStatus.RUNNING, 120)
+    assert backend.disks(broken) and backend.parent_of(broken) is not None  # its clone exists now
     for vm_id in (broken, running):
         api.delete(vm_id)
     for vm_id in (broken, running):

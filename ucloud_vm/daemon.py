@@ -42,7 +42,7 @@ from ucloud_common.config import Settings
 from ucloud_common.keys import VM_PREFIX, host_key, name_from_key, vm_key
 from ucloud_common.models import VM, ModelError, VMStatus
 from ucloud_common.reconcile import Reconciler
-from ucloud_common.storage import Disk, StorageBackend, StorageError, open_backend
+from ucloud_common.storage import Disk, DiskBusy, StorageBackend, StorageError, open_backend
 from ucloud_common.store import Conflict, Store, StoreError
 
 from . import accel, process, watchdog
@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 POWERDOWN_REPEAT = 3.0  # seconds between presses of a stopping VM's ACPI power button
 NOT_VALID_RETRY = 1.0  # seconds: look again at a VM that cannot start while the lease is not valid
+DISK_BUSY_RETRY = 3.0  # seconds: try again to delete a disk a just-killed QEMU still holds
 
 
 class VmDaemon:
@@ -267,8 +268,7 @@ class VmDaemon:
                 return min(decision.delay or POWERDOWN_REPEAT, POWERDOWN_REPEAT)
             return decision.delay
         if action is Action.CLEANUP:
-            self._cleanup(vm_id, vm, decision.message)
-            return None
+            return self._cleanup(vm_id, vm, decision.message)
         assert vm is not None
         if action is Action.START:
             return self._start(vm, paths, decision)
@@ -311,8 +311,7 @@ class VmDaemon:
             self._notify(vm, "vm_error", decision.message)
             return None
         if action is Action.DELETE:
-            self._delete(vm, paths)
-            return None
+            return self._delete(vm, paths)
         raise AssertionError(f"unhandled action {action}")  # pragma: no cover
 
     # -- actions --------------------------------------------------------------------------
@@ -412,27 +411,40 @@ class VmDaemon:
         if watcher is not None:
             watcher.stop()
 
-    def _delete(self, vm: VM, paths: VmPaths) -> None:
+    def _delete(self, vm: VM, paths: VmPaths) -> float | None:
         self._kill(vm.id)
         try:
             self.backend.delete_disks(vm.id)
+        except DiskBusy as exc:
+            # The QEMU just killed may still hold the disk (an RBD watch outlives its client
+            # by up to ~30 s): the deletion stays requested and is tried again.
+            reason = f"storage: disk still busy, deletion retried: {exc}"
+            if vm.reason != reason:
+                self._write(vm, reason, reason=reason)
+            log.info("VM %s: %s", vm.id, reason)
+            return DISK_BUSY_RETRY
         except StorageError as exc:
             self._error(vm, f"storage: deleting the disks failed: {exc}")
-            return
+            return None
         self._forget(vm.id)
         shutil.rmtree(paths.dir, ignore_errors=True)
         self.store.delete(vm_key(vm.id), vm.mod_revision)
         log.info("VM %s: deleted (QEMU stopped, disks and record removed)", vm.id)
+        return None
 
-    def _cleanup(self, vm_id: str, vm: VM | None, why: str) -> None:
+    def _cleanup(self, vm_id: str, vm: VM | None, why: str) -> float | None:
         """Stop a VM that should not run here; remove what is local to it."""
         self._kill(vm_id)
         self._forget(vm_id)
         if vm is None:
             try:
                 self.backend.delete_disks(vm_id)
+            except DiskBusy as exc:
+                log.info("VM %s: record gone, disks still busy, retried: %s", vm_id, exc)
+                return DISK_BUSY_RETRY
             except StorageError as exc:
                 log.error("VM %s: record gone, but its disks could not be removed: %s", vm_id, exc)
-                return
+                return None
         shutil.rmtree(self.paths(vm_id).dir, ignore_errors=True)
         log.warning("VM %s: %s; stopped it here and removed its local state", vm_id, why)
+        return None

@@ -23,6 +23,12 @@ class ImageNotFound(StorageError):
     """The image a VM asks for is not in the store."""
 
 
+class DiskBusy(StorageError):
+    """A disk is still open by some client. Right after its QEMU was killed this is
+    transient (a dead RBD client's watch lingers until the OSD times it out, ~30 s), so a
+    caller deleting the disk retries instead of giving up."""
+
+
 @dataclass(frozen=True)
 class Disk:
     """One disk of a VM as QEMU should open it."""

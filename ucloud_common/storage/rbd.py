@@ -37,7 +37,7 @@ import rados
 import rbd
 
 from ..config import Settings
-from . import Disk, ImageNotFound, ProgressFn, StorageError
+from . import Disk, DiskBusy, ImageNotFound, ProgressFn, StorageError
 from .file import check_image_name, check_vm_id, image_info
 
 log = logging.getLogger(__name__)
@@ -359,8 +359,8 @@ class RbdBackend:
                 except rbd.ImageNotFound:
                     pass
                 except rbd.ImageBusy:
-                    raise StorageError(f"the {role} disk of VM {vm_id} is still open by a client "
-                                       f"(is its QEMU still running?)") from None
+                    raise DiskBusy(f"the {role} disk of VM {vm_id} is still open by a client "
+                                   f"(is its QEMU still running?)") from None
 
     def parent_of(self, vm_id: str) -> tuple[str, str, str] | None:
         """``(pool, image, snapshot)`` the VM's boot disk is a clone of, or None."""
