@@ -366,6 +366,7 @@ def test_host_list_is_for_administrators(cli, store: Store):
     assert [(h["name"], h["capacity"]["cpu"], h["alive"]) for h in hosts] == [("node1", 8, False)]
     table = cli("host", "list", UCLOUD_REALM="ops", UCLOUD_NAME="root", UCLOUD_SEED=seed)
     assert table.exit_code == 0 and "node1" in table.stdout and "10.0.0.1" in table.stdout
+    assert "16GiB/16GiB" in table.stdout  # sizes shortened for people, not 16777216KiB
 
 
 # -- the command tree --------------------------------------------------------------------------

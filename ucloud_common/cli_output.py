@@ -104,17 +104,31 @@ def events_table(events: Iterable[Mapping[str, Any]]) -> Table:
     return table
 
 
+def approx(value: Any) -> str:
+    """A size from the API (bytes as a bare GB number or a unit string) shortened for a table:
+    a host's ``24684096KiB`` reads better as ``23.5GiB``."""
+    from .units import SizeError, human_size, parse_size
+
+    try:
+        return human_size(parse_size(value))
+    except (SizeError, TypeError, ValueError):
+        return size(value)
+
+
 def host_table(hosts: Iterable[Mapping[str, Any]]) -> Table:
+    """Free is what can still be promised: capacity × overcommit − promised, so with a CPU
+    overcommit it can exceed the capacity; the column header says so."""
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("NAME", "STATUS", "ALIVE", "ADDRESS", "VMS", "CPU free/cap", "RAM free/cap",
-                   "HDD free/cap", "SSD free/cap"):
+    for column in ("NAME", "STATUS", "ALIVE", "ADDRESS", "VMS", "CPU free*/cap", "RAM free*/cap",
+                   "HDD free*/cap", "SSD free*/cap"):
         table.add_column(column, no_wrap=True, overflow="ignore")
     for host in hosts:
         cap, free = host.get("capacity", {}), host.get("free", {})
         alive = "[green]yes[/]" if host.get("alive") else "[red]no[/]"
         table.add_row(escape(host["name"]), host.get("status", ""), alive, escape(host.get("address", "")), str(host.get("vms", 0)),
                       f"{free.get('cpu')}/{cap.get('cpu')}",
-                      *(f"{size(free.get(r))}/{size(cap.get(r))}" for r in ("ram", "hdd", "ssd")))
+                      *(f"{approx(free.get(r))}/{approx(cap.get(r))}" for r in ("ram", "hdd", "ssd")))
+    table.caption = "* free = capacity × overcommit − promised"
     return table
 
 
