@@ -93,6 +93,7 @@ install -m 0644 "$GUEST_SRC/inittab" "$RD/etc/inittab"
 install -m 0644 "$GUEST_SRC/modules" "$RD/etc/modules"
 install -m 0755 "$GUEST_SRC/acpi-power" "$RD/etc/acpi/PWRF/00000080"
 install -m 0755 "$GUEST_SRC/udhcpc.script" "$RD/etc/udhcpc.script"
+install -m 0755 "$GUEST_SRC/nic-hotplug" "$RD/bin/nic-hotplug"
 for mod in "${MOD_PATHS[@]}"; do
   cp "$WORK/$mod" "$RD/lib/modules/"
 done
