@@ -14,7 +14,7 @@ import pytest
 from ucloud_vm import netns
 from ucloud_vm.netplan import Underlay as UnderlaySpec
 from ucloud_vm.netplan import VmNics, desired_state, tap_name
-from ucloud_vm.network import HostNetwork
+from ucloud_vm.network import HostNetwork, NetworkError
 
 from netns_harness import Underlay, ip, links
 
@@ -64,6 +64,26 @@ def test_reconcile_creates_idempotently_and_removes_when_unused(underlay: Underl
 
     # the last VM is gone: nothing of ours is left, the underlay is untouched
     net.reconcile(host_desired("h1", vms[1:], underlay))
+    assert links(ns1) == {"lo", "ul0"}
+
+
+def test_two_daemons_sharing_a_namespace_do_not_remove_each_others_interfaces(underlay: Underlay) -> None:
+    """Each host tags what it makes (alias ucloud:<host>); another host in the same namespace
+    neither counts it as its own nor removes it, and a clash on a name is a clear error."""
+    ns1 = underlay.hosts[0]
+    spec = UnderlaySpec(underlay.addresses[0], 4789)
+    mine, other = HostNetwork(ns1, spec, owner="h1"), HostNetwork(ns1, spec, owner="hx")
+    vms = [VmNics("a", "h1", (("n1", MAC1),))]
+    mine.reconcile(host_desired("h1", vms, underlay))
+    assert "alias ucloud:h1" in ip("-d", "link", "show", "ucbr101", netns=ns1)
+
+    assert other.reconcile(host_desired("h1", [], underlay)) == []  # sees nothing of its own
+    assert {"ucbr101", "ucvx101", tap_name(MAC1)} <= links(ns1)
+    with pytest.raises(NetworkError, match="belongs to ucloud:h1"):
+        other.reconcile(host_desired("h1", [VmNics("b", "h1", (("n1", MAC2),))], underlay))
+    assert mine.reconcile(host_desired("h1", vms, underlay)) == []  # still converged, untouched
+
+    mine.reconcile(host_desired("h1", [], underlay))
     assert links(ns1) == {"lo", "ul0"}
 
 

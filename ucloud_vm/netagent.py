@@ -107,7 +107,7 @@ class NetworkAgent:
         self.netns = settings.host_netns
         self.state_dir = Path(settings.state_dir)
         self.net = HostNetwork(self.netns, Underlay(settings.host_address, settings.vxlan_port,
-                                                    settings.vxlan_underlay_device))
+                                                    settings.vxlan_underlay_device), owner=host)
         self.metrics = NetworkMetrics(host, registry or CollectorRegistry())
         self._lock = threading.RLock()
         self.reconciler = Reconciler(store, [VM_PREFIX, NETWORK_PREFIX, HOST_PREFIX], self._sync,

@@ -5,7 +5,11 @@ Why this split: the decision (what should exist, which steps) is pure and lives 
 :mod:`~ucloud_vm.netplan`; this module is the thin layer of netlink calls (pyroute2)
 that observes and changes the kernel, and nothing else. Only interfaces with the names
 this layer gives (``ucbr<vni>``, ``ucvx<vni>``, ``uct<mac>``) are ever read as ours or
-removed, so an operator's own interfaces in the same namespace are left alone.
+removed, so an operator's own interfaces in the same namespace are left alone. With an
+``owner`` (the host's name) each interface made is also tagged with the alias
+``ucloud:<owner>`` and only interfaces carrying that tag count as ours: two vm daemons
+that share a namespace by mistake (a dev cloud beside test hosts) then fail loudly on a
+clash instead of silently removing each other's bridges.
 
 ``reconcile(desired)`` is idempotent: it observes, plans and applies; a second call
 finds nothing to do. A step that fails (e.g. an interface that vanished meanwhile)
@@ -43,10 +47,14 @@ def _kind(link: Any) -> str:
 class HostNetwork:
     """The managed interfaces in one network namespace (``""``: the daemon's own)."""
 
-    def __init__(self, netns_name: str, underlay: Underlay) -> None:
+    def __init__(self, netns_name: str, underlay: Underlay, owner: str = "") -> None:
         self.netns = netns_name
         self.underlay = underlay
+        self.tag = f"ucloud:{owner}" if owner else ""
         self._lock = threading.Lock()
+
+    def _ours(self, link: Any) -> bool:
+        return not self.tag or link.get_attr("IFLA_IFALIAS") == self.tag
 
     def _ipr(self) -> IPRoute:
         try:
@@ -68,7 +76,7 @@ class HostNetwork:
             taps: dict[str, TapState] = {}
             for link in links:
                 name = link.get("ifname") or ""
-                if not is_managed(name):
+                if not is_managed(name) or not self._ours(link):
                     continue
                 kind = _kind(link)
                 up = bool(link["flags"] & IFF_UP)
@@ -123,15 +131,38 @@ class HostNetwork:
                 raise NetworkError(f"{step}: {exc}") from None
             log.info("network%s: %s", f"[{self.netns}]" if self.netns else "", step)
 
+    def _claim(self, ipr: IPRoute, name: str) -> None:
+        """Tag a just-made interface as ours; refuse one another host's daemon tagged."""
+        if not self.tag:
+            return
+        index = self._index(ipr, name)
+        alias = ipr.get_links(index)[0].get_attr("IFLA_IFALIAS") or ""
+        if alias and alias != self.tag:
+            raise NetworkError(f"{name} exists in namespace {self.netns or '(default)'} and belongs to "
+                               f"{alias}: two vm daemons share this namespace (set host_netns)")
+        if alias != self.tag:
+            ipr.link("set", index=index, ifalias=self.tag)
+
+    def _add(self, ipr: IPRoute, name: str, **kwargs: Any) -> None:
+        try:
+            ipr.link("add", ifname=name, **kwargs)
+        except NetlinkError as exc:
+            if exc.code != EEXIST or not self.tag:
+                raise
+        self._claim(ipr, name)
+
     def _apply_one(self, step: Step, ipr: IPRoute) -> None:
         op, name = step.op, step.ifname
         if op == "add_bridge":
-            ipr.link("add", ifname=name, kind="bridge", br_mcast_snooping=0)
+            self._add(ipr, name, kind="bridge", br_mcast_snooping=0)
         elif op == "add_vxlan":
-            ipr.link("add", ifname=name, kind="vxlan", vxlan_id=step.vni, vxlan_local=self.underlay.address,
-                     vxlan_port=self.underlay.port, vxlan_learning=0, vxlan_link=self._underlay_index(ipr))
+            self._add(ipr, name, kind="vxlan", vxlan_id=step.vni, vxlan_local=self.underlay.address,
+                      vxlan_port=self.underlay.port, vxlan_learning=0, vxlan_link=self._underlay_index(ipr))
         elif op == "add_tap":
+            if self.tag and ipr.link_lookup(ifname=name):
+                self._claim(ipr, name)  # refuses another daemon's tap before attaching to it
             netns.create_tap(self.netns, name)
+            self._claim(ipr, name)
         elif op == "set_master":
             ipr.link("set", index=self._index(ipr, name), master=self._index(ipr, step.master))
         elif op == "unbridge":
