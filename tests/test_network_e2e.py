@@ -25,7 +25,7 @@ import pytest
 
 from ucloud_common import accounts
 from ucloud_common.etcd_process import free_port
-from ucloud_common.keys import alive_key
+from ucloud_common.keys import alive_key, mac_key
 from ucloud_common.models import VMStatus
 from ucloud_common.store import Store
 from ucloud_vm import process, watchdog
@@ -311,3 +311,13 @@ def test_two_hosts_one_network_hotplug_isolation_detach_delete(cloud: NetCloud) 
                  f"N1's bridge and VXLAN to be removed in {ns}")
     assert tap_name(mac_a) not in links(ns1)
     assert {bridge_name(n2["vni"]), vxlan_name(n2["vni"]), tap_name(mac_c)} <= links(ns2)  # N2 untouched
+
+    # delete bob's VM C while it is still attached to N2: the host removes its tap and, C
+    # being N2's last VM there, N2's bridge and VXLAN; C's MAC claim is freed with its record
+    assert cloud.store.get(mac_key(mac_c)) is not None
+    bob.ok("/vm/delete", {"vmid": vm_c})
+    wait_for(lambda: record(cloud.store, vm_c) is None, 60, "C's record to be removed")
+    assert cloud.store.get(mac_key(mac_c)) is None
+    wait_for(lambda: not {tap_name(mac_c), bridge_name(n2["vni"]), vxlan_name(n2["vni"])} & links(ns2), 60,
+             "C's tap and N2's bridge and VXLAN to be removed")
+    bob.ok("/network/delete", {"network": "n2"})  # a deleted VM does not hold its network

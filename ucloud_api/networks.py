@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable
 
 from ucloud_common.keys import (MAC_PREFIX, NETWORK_PREFIX, VM_PREFIX, VXLAN_PREFIX, mac_key, name_from_key,
                                 netname_key, network_key, vm_key, vxlan_key)
+from ucloud_common.macs import free_mac_ops
 from ucloud_common.models import NIC, VM, VNI_MAX, VNI_MIN, ModelError, Network, VMStatus
 from ucloud_common.store import Compare, Conflict, Delete, Op, Put, Store, Unavailable
 
@@ -234,7 +235,7 @@ def delete_network(store: Store, owner: str, ref: str) -> str:
                 busy.append(vm_id)
                 continue
             compares.append(Compare(vm_key(vm_id), revision))
-            ops.extend(_free_mac_ops(store, mac, vm_id, compares))
+            ops.extend(free_mac_ops(store, mac, vm_id, compares))
         if busy:
             raise InvalidState(f"network {net.name!r} still has VMs attached: {', '.join(busy)} "
                                f"(detach them first)", "network")
@@ -244,15 +245,6 @@ def delete_network(store: Store, owner: str, ref: str) -> str:
         except Conflict:
             continue
     raise Unavailable(f"network {ref} kept changing during {ATTEMPTS} attempts")
-
-
-def _free_mac_ops(store: Store, mac: str, vm_id: str, compares: list[Compare]) -> list[Op]:
-    """The ops that free ``mac`` if it is still held by ``vm_id`` (adding the compare)."""
-    entry = store.get(mac_key(mac))
-    if entry is None or json.loads(entry.value).get("vm") != vm_id:
-        return []
-    compares.append(Compare(mac_key(mac), entry.mod_revision))
-    return [Delete(mac_key(mac))]
 
 
 # -- attach and detach -------------------------------------------------------------------------
@@ -321,7 +313,7 @@ def detach(store: Store, owner: str, vm_id: str, ref: str) -> Attachment:
         compares = [Compare(vm_key(vm.id), vm.mod_revision), Compare(network_key(net.id), net.mod_revision)]
         ops: list[Op] = [Put(vm_key(vm.id), new_vm.to_json()), Put(network_key(net.id), new_net.to_json())]
         for nic in nics:
-            ops.extend(_free_mac_ops(store, nic.mac, vm.id, compares))
+            ops.extend(free_mac_ops(store, nic.mac, vm.id, compares))
         try:
             store.txn(compares, ops)
             return Attachment(new_vm, new_net, mac)
@@ -340,7 +332,7 @@ def release_vm_ops(store: Store, vm: VM, compares: list[Compare]) -> list[Op]:
             compares.append(Compare(network_key(net.id), net.mod_revision))
             ops.append(Put(network_key(net.id),
                            replace(net, attached={k: v for k, v in net.attached.items() if k != vm.id}).to_json()))
-        ops.extend(_free_mac_ops(store, nic.mac, vm.id, compares))
+        ops.extend(free_mac_ops(store, nic.mac, vm.id, compares))
     return ops
 
 

@@ -40,10 +40,11 @@ from typing import Any, Sequence
 
 from ucloud_common.config import Settings
 from ucloud_common.keys import VM_PREFIX, host_key, name_from_key, vm_key
+from ucloud_common.macs import free_mac_ops
 from ucloud_common.models import VM, ModelError, VMStatus
 from ucloud_common.reconcile import Reconciler
 from ucloud_common.storage import Disk, DiskBusy, StorageBackend, StorageError, open_backend
-from ucloud_common.store import Conflict, Store, StoreError
+from ucloud_common.store import Compare, Conflict, Delete, Op, Store, StoreError
 
 from . import accel, process, watchdog
 from .guest_image import BUILT_IMAGE, ensure_default_image
@@ -428,7 +429,11 @@ class VmDaemon:
             return None
         self._forget(vm.id)
         shutil.rmtree(paths.dir, ignore_errors=True)
-        self.store.delete(vm_key(vm.id), vm.mod_revision)
+        compares = [Compare(vm_key(vm.id), vm.mod_revision)]
+        ops: list[Op] = [Delete(vm_key(vm.id))]
+        for nic in vm.networks:  # its MACs are free again, in the same transaction
+            ops.extend(free_mac_ops(self.store, nic.mac, vm.id, compares))
+        self.store.txn(compares, ops)
         log.info("VM %s: deleted (QEMU stopped, disks and record removed)", vm.id)
         return None
 
