@@ -23,7 +23,7 @@ from ucloud_common import accounts
 from ucloud_common.models import Specs
 from ucloud_common.units import GB
 
-MAX_EXAMPLES = 30  # per operation and mode: 12 operations x 2 modes stay within ~40 s
+MAX_EXAMPLES = 30  # per operation and mode: 14 operations x 2 modes stay within ~40 s
 
 
 @pytest.fixture
@@ -42,7 +42,8 @@ def test_every_endpoint_is_fuzzed(app):
     labels = {op.label for op in _operations(app)}
     assert labels == {"POST /vm/create", "POST /vm/delete", "GET /vm/status", "GET /vm/list",
                       "POST /vm/action", "GET /host/list", "GET /healthz", "GET /metrics", "POST /network/create",
-                      "GET /network/list", "POST /network/attach", "POST /network/detach", "POST /network/delete"}
+                      "GET /network/list", "POST /network/attach", "POST /network/detach", "POST /network/delete",
+                      "GET /image/list", "POST /image/import"}
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)

@@ -15,7 +15,7 @@ from flask import Flask, abort, request
 from ucloud_common.config import Settings
 from ucloud_common.store import Store
 
-from . import errors, network_routes, routes
+from . import errors, image_routes, network_routes, routes
 from .auth import Authenticator, CredentialCache
 from .metrics import ApiMetrics
 from .openapi import build_spec
@@ -36,7 +36,7 @@ def create_app(settings: Settings, *, store: Store | None = None, cache_ttl: flo
     metrics = ApiMetrics(health_store)  # scrapes read etcd with the short timeout too
     app.extensions["ucloud_metrics"] = metrics
     metrics.install(app)
-    for blueprint in (routes.vm, network_routes.network, routes.host, routes.meta):
+    for blueprint in (routes.vm, network_routes.network, image_routes.image, routes.host, routes.meta):
         app.register_blueprint(blueprint)
     errors.register(app)
     app.wsgi_app = ChunkedBodyLimit(app.wsgi_app, settings.api_max_body_bytes)  # type: ignore[method-assign]
@@ -45,6 +45,8 @@ def create_app(settings: Settings, *, store: Store | None = None, cache_ttl: flo
     def _refuse_oversized_chunked_body() -> None:
         if request.environ.get(ChunkedBodyLimit.FLAG):
             abort(413)
+        if request.path == image_routes.IMPORT_PATH:  # an image file, streamed: its own limit
+            request.max_content_length = settings.api_max_image_bytes + 1  # the route answers 413 itself
 
     return app
 
@@ -65,6 +67,8 @@ class ChunkedBodyLimit:
         self.limit = limit
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == image_routes.IMPORT_PATH:
+            return self.app(environ, start_response)  # streamed to a file, bounded by api_max_image_bytes
         if not environ.get("CONTENT_LENGTH") and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             stream, data = environ["wsgi.input"], b""
             while len(data) <= self.limit:

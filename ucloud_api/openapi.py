@@ -37,6 +37,7 @@ class Operation:
     body: type[BaseModel] | None = None
     body_required: bool = True
     query: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {schema, required, description}
+    raw_body: str | None = None  # a non-JSON body's media type (the image file of /image/import)
     auth: bool = True
     idempotency: bool = False
     errors: tuple[int, ...] = (400, 401, 404, 405, 413, 415, 500, 503)
@@ -65,7 +66,8 @@ OPERATIONS: tuple[Operation, ...] = (
               errors=(400, 401, 405, 413, 415, 500, 503)),
     Operation("post", "/vm/action", "Start, stop or reboot a VM",
               "Sets REQUESTED_START / REQUESTED_STOP / REQUESTED_REBOOT for the VM's host. start needs "
-              "STOPPED; stop needs RUNNING, KILLED or REQUESTED_REBOOT; reboot needs RUNNING; else 409.",
+              "STOPPED or ERROR; stop needs RUNNING, KILLED, REQUESTED_REBOOT or ERROR; reboot needs RUNNING; "
+              "else 409.",
               (202, s.Accepted, "accepted"), s.VMAction, errors=(400, 401, 404, 405, 409, 413, 415, 500, 503)),
     Operation("post", "/network/create", "Create a network",
               "A network (a VXLAN segment) owned by you, with a VXLAN id unique in the cloud and optionally "
@@ -89,6 +91,18 @@ OPERATIONS: tuple[Operation, ...] = (
               "Removes the network and frees its VXLAN id; 409 while any VM is attached to it.",
               (202, s.NetworkDeleted, "deleted (hosts remove its bridges)"), s.DeleteNetwork, tag="network",
               errors=(400, 401, 404, 405, 409, 413, 415, 500, 503)),
+    Operation("get", "/image/list", "Images",
+              "The images a VM can boot (`image` in /vm/create) and the default one.",
+              (200, s.ImageList, "the images"), s.Credentials, body_required=False, tag="image",
+              errors=(400, 401, 405, 413, 415, 500, 503)),
+    Operation("post", "/image/import", "Import an image (administrators only)",
+              "The body is the image file (raw or qcow2, Content-Type: application/octet-stream, at most "
+              "api_max_image_bytes), credentials in the X-Ucloud-* headers; stored in the configured "
+              "store (RBD or this host's image_dir). 409 if the name exists.",
+              (201, s.ImageImported, "imported"), raw_body="application/octet-stream", tag="image",
+              query={"name": {"schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"},
+                              "required": True, "description": "the image's name"}},
+              errors=(400, 401, 403, 405, 409, 413, 415, 500, 503)),
     Operation("get", "/host/list", "Hosts (administrators only)",
               "Capacity, what the scheduler promised, what is free (with overcommit), status and liveness "
               "of every host. For users of the admin realm or with the admin flag.",
@@ -143,6 +157,9 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     if op.body is not None:
         out["requestBody"] = {"required": op.body_required,
                               "content": {"application/json": {"schema": refs[op.body]}}}
+    if op.raw_body is not None:
+        out["requestBody"] = {"required": True,
+                              "content": {op.raw_body: {"schema": {"type": "string", "format": "binary"}}}}
     return out
 
 

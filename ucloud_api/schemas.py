@@ -245,6 +245,16 @@ class HostList(BaseModel):
     hosts: list[HostOut]
 
 
+class ImageList(BaseModel):
+    images: list[str] = Field(description="names of the images a VM can boot (`image` in /vm/create)")
+    default: str = Field(description="the image a VM boots when it names none")
+
+
+class ImageImported(BaseModel):
+    name: str
+    size: int = Field(description="bytes received")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     etcd: Literal["ok"]

@@ -58,6 +58,7 @@ class Settings:
     api_bind: str = "127.0.0.1:8080"
     api_workers: int = 2
     api_max_body_bytes: int = 65536
+    api_max_image_bytes: int = 21474836480  # POST /image/import bodies (20 GiB)
     admin_realm: str = "ucloud-admin"
     # scheduler
     scheduler_filters: tuple[str, ...] = ("host_up", "host_alive", "fits_resources")
