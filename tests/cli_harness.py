@@ -4,12 +4,7 @@ environment (empty HOME and dev-cloud dir, so no real ~/.ucloud leaks in)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,44 +13,20 @@ from click.testing import CliRunner, Result
 
 from ucloud_common import accounts
 from ucloud_common.cli import main
-from ucloud_common.etcd_process import free_port
 from ucloud_common.keys import vm_key
 from ucloud_common.models import VM, VMStatus
 from ucloud_common.store import Conflict, Store
 
-API_EXE = Path(sys.executable).parent / "ucloud-api"
+from api_harness import running_api
+
 CLI_EXE = Path(sys.executable).parent / "ucloud"
 
 
 @pytest.fixture(scope="module")
 def api_url(etcd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """ucloud-api as deployed (the console script, gunicorn), for every test of this module."""
-    tmp = tmp_path_factory.mktemp("api")
-    port = free_port()
-    env = {**os.environ, "UCLOUD_ETCD_ENDPOINTS": ",".join(etcd.endpoints), "UCLOUD_API_BIND": f"127.0.0.1:{port}",
-           "UCLOUD_API_WORKERS": "1", "UCLOUD_ENV_FILE": str(tmp / "none.env")}
-    log = open(tmp / "api.log", "wb")
-    proc = subprocess.Popen([str(API_EXE)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert proc.poll() is None, (tmp / "api.log").read_text()
-                assert time.monotonic() < deadline, "ucloud-api did not start listening"
-                time.sleep(0.1)
+    with running_api(etcd, tmp_path_factory.mktemp("api"), UCLOUD_API_WORKERS="1") as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-            log.close()
 
 
 @pytest.fixture

@@ -5,14 +5,9 @@ The server is started as a subprocess on a free loopback port and stopped by its
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,42 +19,7 @@ from ucloud_common import accounts
 from ucloud_common.etcd_process import free_port
 from ucloud_common.store import Store
 
-EXE = Path(sys.executable).parent / "ucloud-api"
-
-
-def api_env(endpoints: tuple[str, ...] | list[str], port: int, tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "UCLOUD_ETCD_ENDPOINTS": ",".join(endpoints), "UCLOUD_API_BIND": f"127.0.0.1:{port}",
-            "UCLOUD_API_WORKERS": "2", "UCLOUD_ENV_FILE": str(tmp_path / "none.env"), **extra}
-
-
-@contextlib.contextmanager
-def running_api(etcd: Any, tmp_path: Path, **env: str) -> Iterator[int]:
-    """``ucloud-api`` (2 workers) on a free port until the block ends; stopped by pid."""
-    port = free_port()
-    log = open(tmp_path / "api.log", "wb")
-    proc = subprocess.Popen([str(EXE)], env=api_env(etcd.endpoints, port, tmp_path, **env),
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "api.log").read_text()
-                assert time.monotonic() < deadline, "ucloud-api did not start listening"
-                time.sleep(0.1)
-        yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(20) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-            log.close()
-
+from api_harness import EXE, api_env, running_api
 
 @pytest.fixture
 def server(etcd, store: Store, tmp_path: Path) -> Iterator[int]:

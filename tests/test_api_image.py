@@ -19,7 +19,7 @@ from ucloud_common.config import Settings, replace
 from ucloud_common.store import Store
 
 from test_api import assert_error, headers_of
-from test_api_http import running_api
+from api_harness import running_api
 
 
 @pytest.fixture

@@ -11,29 +11,19 @@ import json
 import re
 import threading
 from dataclasses import replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
-from ucloud_api import create_app, networks, services
+from ucloud_api import networks, services
 from ucloud_common import accounts
 from ucloud_common.keys import MAC_PREFIX, NETWORK_PREFIX, VXLAN_PREFIX, mac_key, network_key, vm_key, vxlan_key
 from ucloud_common.models import VM, ModelError, Network, VMStatus
 from ucloud_common.store import Store
 
+from test_api import app, client  # noqa: F401 (the same app and client fixtures)
+
 MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-
-
-@pytest.fixture
-def app(settings: Any, store: Store) -> Iterator[Any]:
-    application = create_app(settings)
-    yield application
-    application.extensions["ucloud"].close()
-
-
-@pytest.fixture
-def client(app: Any) -> Any:
-    return app.test_client()
 
 
 def make_user(store: Store, realm: str, name: str) -> dict[str, str]:
