@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from .config import ConfigError, Settings, load_settings
 from .logs import setup_logging
@@ -49,3 +49,15 @@ def stop_event() -> threading.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     return stop
+
+
+def run_until(stop: threading.Event, start: Callable[[], object], finish: Callable[[], object]) -> None:
+    """``start()``, block until ``stop`` is set (SIGTERM/SIGINT, see :func:`stop_event`), then
+    ``finish()`` — also when waiting ends in an error. Polls once a second so that the main
+    thread stays responsive to signals."""
+    start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        finish()

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
+from .daemon import run_until
 from .store import Compacted, Entry, Store, StoreError, Watch
 
 log = logging.getLogger(__name__)
@@ -289,12 +290,7 @@ class Reconciler:
 
     def run_forever(self, stop: threading.Event) -> None:
         """Start, block until ``stop`` is set, then stop."""
-        self.start()
-        try:
-            while not stop.wait(1.0):
-                pass
-        finally:
-            self.stop()
+        run_until(stop, self.start, self.stop)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once the queue is empty and nothing is processing (tests, benchmarks)."""

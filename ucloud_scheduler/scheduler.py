@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Sequence
 
 from ucloud_common.config import Settings
+from ucloud_common.daemon import run_until
 from ucloud_common.keys import (ALIVE_PREFIX, ALLOC_PREFIX, HOST_PREFIX, SCHEDULER_PREFIX, VM_PREFIX,
                                 host_key, vm_key)
 from ucloud_common.models import HostStatus, VMStatus
@@ -138,12 +139,7 @@ class Scheduler:
                  " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in vars(self.stats).items()))
 
     def run(self, stop: threading.Event) -> None:
-        self.start()
-        try:
-            while not stop.wait(1.0):
-                pass
-        finally:
-            self.stop()
+        run_until(stop, self.start, self.stop)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         return self.reconciler.wait_idle(timeout)

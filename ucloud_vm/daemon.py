@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ucloud_common.config import Settings
+from ucloud_common.daemon import run_until
 from ucloud_common.keys import VM_PREFIX, host_key, name_from_key, vm_key
 from ucloud_common.macs import free_mac_ops
 from ucloud_common.models import VM, ModelError, VMStatus
@@ -136,12 +137,7 @@ class VmDaemon:
             thread.join(2)
 
     def run(self, stop: threading.Event) -> None:
-        self.start()
-        try:
-            while not stop.wait(1.0):
-                pass
-        finally:
-            self.stop()
+        run_until(stop, self.start, self.stop)
 
     def _local_resync_loop(self) -> None:
         while not self._stop.wait(self.settings.vm_resync_seconds):
