@@ -226,22 +226,30 @@ def test_dead_host_shared_and_diskless_vms_move_after_the_ttl_local_ones_are_los
     fresh = create_vm(store, small(), status=VMStatus.SCHEDULED_DEPLOY, storage="", **on_dying)
     local = create_vm(store, small(), status=VMStatus.RUNNING, storage="file", **on_dying)
     stopped = create_vm(store, small(), status=VMStatus.STOPPED, storage="rbd", **on_dying)
+    # deleted by their users while the host was dying: nobody would ever finish them there
+    gone_local = create_vm(store, small(), status=VMStatus.REQUESTED_DELETE, storage="file", **on_dying)
+    gone_shared = create_vm(store, small(), status=VMStatus.REQUESTED_DELETE, storage="rbd", **on_dying)
     clock = ManualClock()
     fencer = RecordingFencer(store, failures=1)
     scheduler = start_scheduler(fencer=fencer, clock=clock)
-    assert set(read_allocs(store)["dying"].vms) == {rbd.id, fresh.id, local.id, stopped.id}  # the start audit
+    assert set(read_allocs(store)["dying"].vms) == {rbd.id, fresh.id, local.id, stopped.id, gone_local.id,
+                                                    gone_shared.id}  # the start audit
 
     wait_for("the dying host marked DOWN", lambda: read_hosts(store)["dying"].status is HostStatus.DOWN,
              timeout=30)
     clock.advance(2 - 0.05)  # just short of the TTL since the liveness key vanished
     time.sleep(1.0)  # the scheduler keeps looking (every 50 ms), and must keep waiting
     vms = read_vms(store)
-    assert all(vms[v.id].host_name == "dying" for v in (rbd, fresh, local, stopped)), "moved before the TTL"
+    assert all(vms[v.id].host_name == "dying" for v in (rbd, fresh, local, stopped, gone_local, gone_shared)), \
+        "moved before the TTL"
     assert vms[local.id].status is VMStatus.RUNNING and fencer.calls == []
 
     clock.advance(0.1)  # the TTL has passed: fence (fails once: the VMs stay put), then move
     wait_for("a failed fencing", lambda: scheduler.stats.fencing_failures == 1)
+    # a deleted VM whose disk was local to the dead host needs no fencing: record and promise go
+    wait_for("the deleted local-disk VM removed", lambda: gone_local.id not in read_vms(store))
     time.sleep(0.5)
+    assert read_vm(store, gone_shared.id).host_name == "dying"  # its shared disk waits for the fencing
     assert {read_vm(store, v.id).host_name for v in (rbd, fresh)} == {"dying"} and fencer.calls == []
     clock.advance(2.0)  # FENCE_RETRY later: fenced, moved
     wait_for("the shared-disk and diskless VMs re-placed",
@@ -254,8 +262,12 @@ def test_dead_host_shared_and_diskless_vms_move_after_the_ttl_local_ones_are_los
     moved = read_vm(store, rbd.id)
     assert "dying lost its lease" in moved.events[-1].message and moved.events[-1].message.endswith("on live")
     # Fenced before anything moved, and only once for the host's death (after one failure).
-    assert fencer.calls == [("dying", {rbd.id, fresh.id, local.id, stopped.id})]
-    assert scheduler.stats.fencing_failures == 1 and scheduler.stats.replacements == 2
+    assert fencer.calls == [("dying", {rbd.id, fresh.id, local.id, stopped.id, gone_shared.id})]
+    # the deleted VM on shared storage goes to a live host, still to be deleted there (its disk with it)
+    finishing = wait_for("the deleted shared-disk VM handed to a live host",
+                         lambda: (v := read_vm(store, gone_shared.id)).host_name == "live" and v)
+    assert finishing.status is VMStatus.REQUESTED_DELETE and "finishes the deletion" in finishing.events[-1].message
+    assert scheduler.stats.fencing_failures == 1 and scheduler.stats.replacements == 3
     _, allocs = check_allocations(store)
     assert set(allocs["dying"].vms) == {local.id, stopped.id}  # lost and stopped VMs keep their promise
 

@@ -21,7 +21,7 @@ from typing import Mapping, Union
 
 from ucloud_common.keys import alive_key, alloc_key, host_key, vm_key
 from ucloud_common.models import Allocation, VM, VMStatus
-from ucloud_common.store import Compare, Op, Put
+from ucloud_common.store import Compare, Delete, Op, Put
 
 MAX_COMPARES = 120  # etcd's default --max-txn-ops is 128
 MAX_BYTES = 1_000_000  # etcd's default request limit is 1.5 MiB
@@ -38,6 +38,7 @@ class Place:
     source: str = ""
     message: str = ""
     from_dead: bool = False
+    status: VMStatus = VMStatus.SCHEDULED_DEPLOY  # REQUESTED_DELETE: a live host deletes its shared disk
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,16 @@ class MarkLost:
 
 
 @dataclass(frozen=True)
+class Forget:
+    """``vm`` is to be deleted but its host ``source`` died (checked dead at commit) and no
+    other host can reach its disk (local to the dead host, or never made): remove the record
+    and its promise. A host that comes back finds the record gone and removes what is left."""
+
+    vm: VM
+    source: str
+
+
+@dataclass(frozen=True)
 class Release:
     """``vm_id`` was deleted: drop it from ``host``'s allocation."""
 
@@ -75,13 +86,12 @@ class Release:
     host: str
 
 
-Action = Union[Place, Unplace, SetReason, MarkLost, Release]
+Action = Union[Place, Unplace, SetReason, MarkLost, Forget, Release]
 
 
 def placed_vm(action: Place, now: float) -> VM:
     message = action.message or f"placed on {action.host}"
-    return action.vm.with_event(message, now, hostname=host_key(action.host),
-                                status=VMStatus.SCHEDULED_DEPLOY, reason="")
+    return action.vm.with_event(message, now, hostname=host_key(action.host), status=action.status, reason="")
 
 
 class TxnBuilder:
@@ -97,6 +107,7 @@ class TxnBuilder:
         self._vm_compare: dict[str, int] = {}
         self._allocs: dict[str, Allocation] = {}  # host -> new allocation
         self._dead: set[str] = set()  # hosts whose liveness key must still be absent at commit
+        self._deleted: set[str] = set()  # VM records this transaction removes
         self._bytes = 0
         self.actions: list[Action] = []
 
@@ -123,7 +134,7 @@ class TxnBuilder:
 
     def _alloc_changes(self, action: Action) -> dict[str, Allocation]:
         changes: dict[str, Allocation] = {}
-        if isinstance(action, (Place, Unplace)) and action.source:
+        if isinstance(action, (Place, Unplace, Forget)) and action.source:
             old = self._alloc(action.source)
             if action.vm.id in old.vms:
                 changes[action.source] = old.without_vm(action.vm.id)
@@ -155,6 +166,8 @@ class TxnBuilder:
             return False
         self._vms[vm_id] = (vm, raw) if vm else None
         self._vm_compare[vm_id] = 0 if isinstance(action, Release) else action.vm.mod_revision
+        if isinstance(action, Forget):
+            self._deleted.add(vm_id)
         self._allocs.update(changes)
         if dead:
             self._dead.add(dead)
@@ -177,6 +190,8 @@ class TxnBuilder:
             written = self._vms[vm_id]
             if written is not None:
                 ops.append(Put(vm_key(vm_id), written[1]))
+            elif vm_id in self._deleted:
+                ops.append(Delete(vm_key(vm_id)))
         for host, alloc in self._allocs.items():
             base = self._base.get(host)
             compares.append(Compare(alloc_key(host), base.mod_revision if base else 0))
@@ -197,7 +212,7 @@ def _dead_host(action: Action) -> str:
     """The host this action takes for dead ("" if none)."""
     if isinstance(action, Place):
         return action.source if action.from_dead else ""
-    if isinstance(action, Unplace):
+    if isinstance(action, (Unplace, Forget)):
         return action.source
     if isinstance(action, MarkLost):
         return action.vm.host_name

@@ -42,7 +42,7 @@ from ucloud_common.models import HostStatus, VMStatus
 from ucloud_common.reconcile import Reconciler
 from ucloud_common.store import Conflict, Put, Store, StoreError
 
-from .actions import Action, MarkLost, Place, Release, SetReason, TxnBuilder, Unplace, describe
+from .actions import Action, Forget, MarkLost, Place, Release, SetReason, TxnBuilder, Unplace, describe
 from .audit import run_audit
 from .fencing import Fencer, NoFencer
 from .members import MEMBER_TTL, Membership
@@ -52,8 +52,8 @@ from .view import ClusterView, Snapshot, host_of, total
 
 log = logging.getLogger(__name__)
 
-# VMs that should be running somewhere: moved off a dead host. STOPPED, REQUESTED_STOP,
-# REQUESTED_DELETE, ERROR and HOST_LOST stay where they are.
+# VMs that should be running somewhere: moved off a dead host. STOPPED, REQUESTED_STOP, ERROR
+# and HOST_LOST stay where they are; REQUESTED_DELETE is finished elsewhere (see _rescue).
 MOVABLE = frozenset({VMStatus.SCHEDULED_DEPLOY, VMStatus.RUNNING, VMStatus.KILLED,
                      VMStatus.REQUESTED_START, VMStatus.REQUESTED_REBOOT})
 PREFIXES = (SCHEDULER_PREFIX, HOST_PREFIX, ALIVE_PREFIX, ALLOC_PREFIX, VM_PREFIX)
@@ -297,7 +297,8 @@ class Scheduler:
         finally:
             self.view.forget(writes)
         self._count(builder.actions, first_seen, self.clock())
-        if any(isinstance(a, Release) or (isinstance(a, (Place, Unplace)) and a.source) for a in builder.actions):
+        if any(isinstance(a, (Release, Forget)) or (isinstance(a, (Place, Unplace)) and a.source)
+               for a in builder.actions):
             # This freed room, and the watch's echo of our own write will be skipped: wake the waiting.
             for key in self._waiting_keys():
                 self.reconciler.queue.add(key)
@@ -316,7 +317,8 @@ class Scheduler:
             self.view.waiting.add(vm_id)
             return (SetReason(vm, result.reason) if vm.reason != result.reason else None), None
         source = host_of(vm)
-        if source and vm.status in MOVABLE and not self.view.is_alive(source):
+        if source and (vm.status in MOVABLE or vm.status is VMStatus.REQUESTED_DELETE) \
+                and not self.view.is_alive(source):
             if not self.view.owns(host_key(source)):
                 return None, None  # the dead host's owner fences it once, then moves all its VMs
             return self._rescue(vm_id, source, snap, now)
@@ -330,6 +332,9 @@ class Scheduler:
         wait = self.view.gone_since(source) + ttl - now
         if wait > 0:
             return None, wait  # the host may still be fencing itself
+        deleting = vm.status is VMStatus.REQUESTED_DELETE
+        if deleting and vm.storage in ("file", ""):
+            return Forget(vm, source), None  # no disk any live host could remove
         if vm.storage == "file":
             return MarkLost(vm, f"host {source} died and this VM's disk was local to it (file storage): "
                                 f"it cannot be moved"), None
@@ -350,10 +355,16 @@ class Scheduler:
             self._fence_failures.pop(source, None)
             log.info("host %s fenced; moving its VMs", source)
         result = snap.table.place(vm.specs, self.policy, self._rng.randrange(1 << 30))
+        if isinstance(result, Choice) and deleting:  # a live host removes its shared disk, then the record
+            message = f"host {source} lost its lease (host fenced); {result.host} finishes the deletion"
+            return Place(vm, result.host, source=source, message=message, from_dead=True,
+                         status=VMStatus.REQUESTED_DELETE), None
         if isinstance(result, Choice):
             message = (f"host {source} lost its lease ({ttl}s TTL passed, host fenced); "
                        f"re-placed on {result.host}")
             return Place(vm, result.host, source=source, message=message, from_dead=True), None
+        if deleting:
+            return None, FENCE_RETRY_MAX  # never back to waiting for a place: try again later
         self.view.waiting.add(vm_id)
         return Unplace(vm, source, result.reason), None
 
@@ -390,6 +401,10 @@ class Scheduler:
             elif isinstance(action, MarkLost):
                 stats.host_lost += 1
                 log.warning("VM %s: %s", action.vm.id, action.reason)
+            elif isinstance(action, Forget):
+                stats.released += 1
+                log.info("VM %s: deleted while its host %s is dead; record and promise removed",
+                         action.vm.id, action.source)
             elif isinstance(action, Release):
                 stats.released += 1
         log.debug("committed %s", describe(list(actions)))
