@@ -39,8 +39,11 @@ import rbd  # noqa: E402
 
 from ucloud_common.ceph_process import CephCluster  # noqa: E402
 from ucloud_common.config import Settings, load_settings, replace  # noqa: E402
+from ucloud_common.storage import Disk  # noqa: E402
 from ucloud_common.storage.file import FileBackend  # noqa: E402
 from ucloud_common.storage.rbd import FEATURES, SNAPSHOT, RbdBackend  # noqa: E402
+from ucloud_vm.paths import VmPaths  # noqa: E402
+from ucloud_vm.qemu_argv import QemuConfig, build_argv  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -107,14 +110,10 @@ class Guest:
 
     def __init__(self, drive: str, fmt: str, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.log = workdir / "serial.log"
-        sock = workdir / "serial.sock"
-        argv = ["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-cpu", "qemu64", "-m", "128M",
-                "-nodefaults", "-no-user-config", "-display", "none",
-                "-chardev", f"socket,id=s0,path={sock},server=on,wait=off,logfile={self.log}",
-                "-serial", "chardev:s0",
-                "-drive", f"file={drive.replace(',', ',,')},format={fmt},if=none,id=d0,cache=writeback",
-                "-device", "virtio-blk-pci,drive=d0,bootindex=0"]
+        paths = VmPaths(workdir)  # the vm daemon's own command line for this disk
+        self.log, sock = paths.serial_log, paths.serial_sock
+        argv = build_argv(QemuConfig(vm_id="bench-guest", cpu=1, ram=128 * MIB, paths=paths,
+                                     disks=[Disk("bench-guest", "boot", 0, drive, fmt)]))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + BOOT_WAIT

@@ -36,7 +36,7 @@ from ucloud_vm import process, watchdog
 from ucloud_vm.paths import VmPaths
 
 from vm_harness import BIN, BOOT_TIMEOUT, Api, Proc, marker_count, qemu_pid, record, short_dir, start_vm_daemon, \
-    wait_for, wait_status
+    stop_host_vms, wait_for, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -123,11 +123,7 @@ class CephCloud:
         if self.scheduler is not None:
             self.scheduler.stop()
         for host in self.daemons:  # the daemons leave QEMU and the watchdog running, by design
-            state = self.base / host
-            pid = watchdog.running_pid(state)
-            if pid is not None:
-                process.kill(pid)
-            watchdog.fence_all(state)  # QEMU before Ceph: a QEMU whose cluster vanished hangs
+            stop_host_vms(self.base / host)  # QEMU before Ceph: a QEMU whose cluster vanished hangs
         self.backend.close()
         self.ceph.stop()
         self.store.delete_prefix("/v1/")

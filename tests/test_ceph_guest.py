@@ -19,7 +19,10 @@ import pytest
 import rbd
 
 from ucloud_common.config import Settings
+from ucloud_common.storage import Disk
 from ucloud_common.storage.rbd import RbdBackend
+from ucloud_vm.paths import VmPaths
+from ucloud_vm.qemu_argv import QemuConfig, build_argv
 
 MIB = 1024 * 1024
 BOOT_WAIT = 240  # seconds: TCG on a shared, busy machine
@@ -31,14 +34,10 @@ class Guest:
     """A bare QEMU with one virtio disk and its serial console on a unix socket."""
 
     def __init__(self, drive: str, workdir: Path) -> None:
-        self.log = workdir / "serial.log"
-        sock = workdir / "serial.sock"
-        argv = ["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-cpu", "qemu64", "-m", "128M",
-                "-nodefaults", "-no-user-config", "-display", "none",
-                "-chardev", f"socket,id=s0,path={sock},server=on,wait=off,logfile={self.log}",
-                "-serial", "chardev:s0",
-                "-drive", f"file={drive.replace(',', ',,')},format=raw,if=none,id=d0,cache=writeback",
-                "-device", "virtio-blk-pci,drive=d0,bootindex=0"]
+        paths = VmPaths(workdir)  # the vm daemon's own command line, with the RBD drive it would give
+        self.log, sock = paths.serial_log, paths.serial_sock
+        argv = build_argv(QemuConfig(vm_id="bare-rbd-guest", cpu=1, ram=128 * MIB, paths=paths,
+                                     disks=[Disk("bare-rbd-guest", "boot", 0, drive, "raw")]))
         self.output = open(workdir / "qemu.out", "wb")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.output, stderr=subprocess.STDOUT)
         self.wait_for("UCLOUD-GUEST-UP", BOOT_WAIT)

@@ -28,7 +28,7 @@ from ucloud_common.etcd_process import free_port
 from ucloud_common.keys import alive_key, mac_key
 from ucloud_common.models import VMStatus
 from ucloud_common.store import Store
-from ucloud_vm import process, watchdog
+from ucloud_vm import process
 from ucloud_vm.netplan import bridge_name, device_id, tap_name, vxlan_name
 from ucloud_vm.nics import qemu_nics
 from ucloud_vm.paths import VmPaths
@@ -36,7 +36,7 @@ from ucloud_vm.qmp import QMP
 
 from netns_harness import Underlay, fdb_peers, links
 from vm_harness import BIN, BOOT_TIMEOUT, MARKER, Proc, record, short_dir, start_scheduler, start_vm_daemon, \
-    wait_for, wait_status
+    stop_host_vms, wait_for, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -177,11 +177,7 @@ class NetCloud:
         for proc in self.procs:
             proc.stop()
         for host in self.hosts:  # the daemons leave QEMU and the watchdog running, by design
-            state = self.base / host
-            pid = watchdog.running_pid(state)
-            if pid is not None:
-                process.kill(pid)
-            watchdog.fence_all(state)
+            stop_host_vms(self.base / host)
         self.store.delete_prefix("/v1/")
         self.store.close()
         shutil.rmtree(self.base, ignore_errors=True)

@@ -23,11 +23,11 @@ from ucloud_common.etcd_process import free_port
 from ucloud_common.keys import alive_key, host_key
 from ucloud_common.models import Host, HostStatus, VMStatus
 from ucloud_common.store import Store
-from ucloud_vm import process, watchdog
+from ucloud_vm import process
 from ucloud_vm.paths import VmPaths
 
 from vm_harness import (BOOT_TIMEOUT, Api, Proc, marker_count, qemu_pid, record, short_dir, start_scheduler,
-                        start_vm_daemon, wait_for, wait_status)
+                        start_vm_daemon, stop_host_vms, wait_for, wait_status)
 
 pytestmark = pytest.mark.slow
 
@@ -68,11 +68,7 @@ class Cloud:
             print(f"==== {proc.log_path.name}\n{proc.log()[-6000:]}")
         self.scheduler.stop()
         for host in self.daemons:  # the daemons leave QEMU and the watchdog running, by design
-            state = self.base / host
-            pid = watchdog.running_pid(state)
-            if pid is not None:
-                process.kill(pid)
-            watchdog.fence_all(state)
+            stop_host_vms(self.base / host)
         self.store.delete_prefix("/v1/")
         self.store.close()
         shutil.rmtree(self.base, ignore_errors=True)

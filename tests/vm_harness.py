@@ -20,6 +20,7 @@ from ucloud_common import accounts
 from ucloud_common.keys import vm_key
 from ucloud_common.models import VM, VMStatus
 from ucloud_common.store import Store
+from ucloud_vm import process, watchdog
 from ucloud_vm.paths import VmPaths
 
 BIN = Path(sys.executable).parent
@@ -159,3 +160,12 @@ def qemu_pid(paths: VmPaths) -> int | None:
 
     found = process.find(paths)
     return found.pid if found else None
+
+
+def stop_host_vms(state: Path) -> None:
+    """After a test host's daemon was stopped: its watchdog and QEMUs keep running by design
+    (adoption), so stop them by the pids in its state dir."""
+    pid = watchdog.running_pid(state)
+    if pid is not None:
+        process.kill(pid)
+    watchdog.fence_all(state)
